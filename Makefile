@@ -1,0 +1,42 @@
+# boneage: every command a user or CI runs. `make demo` and `make test` are the two that matter.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Debian packages the project needs beyond a stock Python image (installed only when missing).
+APT_PACKAGES := git
+
+.PHONY: setup system-deps test test-fast demo clean help
+
+help:
+	@echo "make setup   install system packages and the pinned Python environment in $(VENV)"
+	@echo "make test    run the whole test suite (slow end-to-end tests included)"
+	@echo "make demo    install, then run the whole pipeline on the embedded synthetic dataset"
+
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+# Reinstalls only when the pins change. requirements.lock pins the whole tree; pyproject.toml the direct deps.
+$(STAMP): pyproject.toml requirements.lock
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=python3.12"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c requirements.lock -e '.[dev]'
+	touch $(STAMP)
+
+setup: system-deps $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
+
+clean:
+	rm -rf data/ingest data/preprocessed models reports .pytest_cache

@@ -1,0 +1,126 @@
+"""One typed config, loaded from ``params.yaml``, that flows to every step.
+
+Every tunable number lives here (with its default and its bounds) so that no step buries a magic
+number. A bad value fails at load time with the offending key named, never deep inside a step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from boneage.errors import BoneageError
+
+DEFAULT_PARAMS_PATH = Path("params.yaml")
+
+Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+Workers = Annotated[int, Field(ge=0, description="0 means one worker per CPU core")]
+
+
+class _Strict(BaseModel):
+    # Unknown keys are typos more often than not: refuse them rather than ignore them.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SplitConfig(_Strict):
+    val: Fraction = 0.15
+    test: Fraction = 0.15
+
+    @model_validator(mode="after")
+    def _leave_room_for_training(self) -> SplitConfig:
+        if self.val + self.test >= 0.9:
+            raise ValueError(f"val + test = {self.val + self.test:.2f} leaves too little for training")
+        return self
+
+
+class SyntheticConfig(_Strict):
+    """The embedded default dataset (see ``boneage.synth``)."""
+
+    count: Annotated[int, Field(ge=1)] = 800
+    image_size: Annotated[int, Field(ge=64, le=4096)] = 384
+    label_noise_sd_months: Annotated[float, Field(ge=0.0)] = 6.0
+    workers: Workers = 0
+
+
+class DataConfig(_Strict):
+    # A local Kaggle-layout folder, a .zip of one, or gs://bucket/prefix. The literal "synthetic"
+    # means the embedded default dataset, generated on the fly into `synthetic_dir`.
+    source: str = "synthetic"
+    synthetic_dir: str = "data/synthetic"
+    synthetic: SyntheticConfig = SyntheticConfig()
+    split: SplitConfig = SplitConfig()
+    # Band edges in years; the last edge closes the last band. RSNA covers 0-19 years.
+    age_bands_years: tuple[float, ...] = (0, 2, 6, 10, 14, 19)
+    min_age_months: Annotated[float, Field(ge=0)] = 0.0
+    max_age_months: Annotated[float, Field(gt=0)] = 240.0
+    # Larger images are refused as decompression bombs (RSNA films are < 10 Mpx).
+    max_image_pixels: Annotated[int, Field(ge=1)] = 60_000_000
+    workers: Workers = 0
+
+    @model_validator(mode="after")
+    def _check_bands(self) -> DataConfig:
+        edges = self.age_bands_years
+        if len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:], strict=False)):
+            raise ValueError(f"age_bands_years must be increasing with at least 2 edges, got {edges}")
+        if self.max_age_months <= self.min_age_months:
+            raise ValueError("max_age_months must be greater than min_age_months")
+        return self
+
+
+class PreprocessConfig(_Strict):
+    image_size: Annotated[int, Field(ge=75, le=1024)] = 299  # 75 px is InceptionV3's minimum
+    # "hand": find the hand and crop to it. "none": the seed recipe's whole-image squash.
+    crop: Literal["hand", "none"] = "hand"
+    crop_margin: Annotated[float, Field(ge=0.0, le=0.5)] = 0.03
+    # Side of the thumbnail on which the hand is located; the crop is then taken at full resolution.
+    detect_size: Annotated[int, Field(ge=64, le=2048)] = 384
+    window_percentiles: tuple[float, float] = (0.5, 99.5)
+    clahe_clip_limit: Annotated[float, Field(ge=0.0)] = 2.0
+    clahe_tile_grid: Annotated[int, Field(ge=1, le=64)] = 8
+    shard_size: Annotated[int, Field(ge=1)] = 256
+    contact_sheet_count: Annotated[int, Field(ge=0)] = 40
+    workers: Workers = 0
+
+    @model_validator(mode="after")
+    def _check_window(self) -> PreprocessConfig:
+        lo, hi = self.window_percentiles
+        if not 0 <= lo < hi <= 100:
+            raise ValueError(f"window_percentiles must satisfy 0 <= low < high <= 100, got {lo, hi}")
+        return self
+
+
+class Params(_Strict):
+    seed: int = 42
+    data: DataConfig = DataConfig()
+    preprocess: PreprocessConfig = PreprocessConfig()
+
+    def age_band_edges_months(self) -> list[float]:
+        return [y * 12.0 for y in self.data.age_bands_years]
+
+
+def _format_validation_error(path: Path, err: ValidationError) -> str:
+    lines = [f"{path}: invalid configuration"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS_PATH) -> Params:
+    """Load and validate ``params.yaml``; a missing file means the documented defaults."""
+    path = Path(path)
+    if not path.exists():
+        raise BoneageError(f"{path}: params file not found (run from the project root or pass --params)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise BoneageError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise BoneageError(f"{path}: expected a mapping at the top level")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise BoneageError(_format_validation_error(path, exc)) from None

@@ -1,0 +1,48 @@
+from pathlib import Path
+
+import pytest
+
+from boneage.config import Params, load_params
+from boneage.errors import BoneageError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_repo_params_yaml_loads():
+    params = load_params(REPO / "params.yaml")
+    assert params.data.source == "synthetic"
+    assert params.preprocess.image_size >= 75
+
+
+def test_bad_value_names_the_key(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("preprocess:\n  image_size: 20\n")
+    with pytest.raises(BoneageError) as err:
+        load_params(path)
+    assert "preprocess.image_size" in str(err.value)
+    assert str(path) in str(err.value)
+
+
+def test_unknown_key_is_refused(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("preprocess:\n  imagesize: 299\n")
+    with pytest.raises(BoneageError, match="preprocess.imagesize"):
+        load_params(path)
+
+
+def test_split_fractions_must_leave_training(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("data:\n  split: {val: 0.5, test: 0.45}\n")
+    with pytest.raises(BoneageError, match="too little for training"):
+        load_params(path)
+
+
+def test_invalid_yaml_is_a_clear_error(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: [1,\n")
+    with pytest.raises(BoneageError, match="not valid YAML"):
+        load_params(path)
+
+
+def test_defaults_are_the_documented_real_training_values():
+    assert Params().preprocess.image_size == 299

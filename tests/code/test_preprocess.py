@@ -1,0 +1,164 @@
+"""Decoding every supported format, cropping real radiographs, and the TFRecord round trip."""
+
+from __future__ import annotations
+
+import csv
+
+import cv2
+import numpy as np
+import pytest
+
+from boneage.config import Params, PreprocessConfig
+from boneage.errors import BadInputError
+from boneage.handcrop import Box, locate_hand, prepare
+from boneage.imaging import read_radiograph
+from tests.conftest import FIXTURES, RSNA_SAMPLE, require
+
+
+def hand_like(h=400, w=300, dtype=np.uint8) -> np.ndarray:
+    """A dark film, a bright palm with fingers, a film-edge frame and an 'L' marker."""
+    peak = np.iinfo(dtype).max
+    img = np.full((h, w), peak // 20, dtype)
+    img[int(h * 0.45) : h, int(w * 0.25) : int(w * 0.75)] = peak * 6 // 10  # palm and forearm
+    for k in range(4):
+        x = int(w * (0.27 + 0.12 * k))
+        img[int(h * 0.15) : int(h * 0.5), x : x + int(w * 0.08)] = peak * 6 // 10  # fingers
+    img[:6, :] = img[-6:, :] = peak  # film border
+    img[:, :6] = img[:, -6:] = peak
+    img[30:70, w - 50 : w - 42] = peak  # the 'L' marker, away from the hand
+    img[62:70, w - 50 : w - 25] = peak
+    return img
+
+
+def dicom_file(path, pixels: np.ndarray, photometric: str, with_pixels=True):
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.PatientSex, ds.PatientAge = "F", "010Y"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    if with_pixels:
+        ds.PixelData = pixels.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["png8", "png16", "rgb", "rgba", "jpeg"])
+def test_decode_formats_give_bone_bright_grayscale(tmp_path, kind):
+    base = hand_like()
+    if kind == "png16":
+        data, suffix = hand_like(dtype=np.uint16), ".png"
+    elif kind == "rgb":
+        data, suffix = cv2.cvtColor(base, cv2.COLOR_GRAY2BGR), ".png"
+    elif kind == "rgba":
+        data, suffix = np.dstack([cv2.cvtColor(base, cv2.COLOR_GRAY2BGR), np.full_like(base, 255)]), ".png"
+    elif kind == "jpeg":
+        data, suffix = base, ".jpg"
+    else:
+        data, suffix = base, ".png"
+    path = tmp_path / f"x{suffix}"
+    cv2.imwrite(str(path), data)
+    rad = read_radiograph(path, 10**8)
+    assert rad.pixels.ndim == 2 and rad.pixels.shape == base.shape
+    assert rad.pixels.dtype == (np.uint16 if kind == "png16" else np.uint8)
+    # The palm is brighter than the background whatever the format.
+    palm, background = rad.pixels[300, 150], rad.pixels[100, 30]
+    assert palm > background
+
+
+def test_dicom_monochrome1_is_inverted_and_header_read(tmp_path):
+    pixels = hand_like(dtype=np.uint16)
+    mono2 = read_radiograph(dicom_file(tmp_path / "a.dcm", pixels, "MONOCHROME2"), 10**8)
+    mono1 = read_radiograph(dicom_file(tmp_path / "b.dcm", 65535 - pixels, "MONOCHROME1"), 10**8)
+    assert mono1.pixels[300, 150] > mono1.pixels[100, 30]
+    np.testing.assert_array_equal(mono1.pixels, mono2.pixels)
+    assert mono1.patient_sex == "F" and mono1.patient_age_months == 120
+
+
+def test_dicom_without_pixel_data_is_refused(tmp_path):
+    path = dicom_file(tmp_path / "c.dcm", hand_like(dtype=np.uint16), "MONOCHROME2", with_pixels=False)
+    with pytest.raises(BadInputError, match="no pixel data"):
+        read_radiograph(path, 10**8)
+
+
+def test_crop_ignores_border_and_marker():
+    img = hand_like()
+    box = locate_hand(img, PreprocessConfig(crop_margin=0.0))
+    truth = Box(int(300 * 0.25), int(400 * 0.15), int(300 * 0.75), 400)
+    assert box.iou(truth) > 0.85, box
+
+
+def test_blank_film_has_no_hand():
+    with pytest.raises(BadInputError, match="no hand found"):
+        locate_hand(np.full((300, 200), 30, np.uint8), PreprocessConfig())
+
+
+def test_prepare_is_square_uint8_and_keeps_aspect():
+    img, box = prepare(hand_like(), PreprocessConfig(image_size=128))
+    assert img.shape == (128, 128) and img.dtype == np.uint8
+    # The crop is taller than wide, so padding shows as black columns at both sides.
+    assert img[:, :5].max() == 0 and img[:, -5:].max() == 0
+    assert img[64, 64] > 100
+
+
+def _sample_boxes():
+    path = FIXTURES / "rsna_sample_hand_boxes.csv"
+    with open(path) as fh:
+        return [r for r in csv.DictReader(line for line in fh if not line.startswith("#"))]
+
+
+def test_crop_keeps_the_whole_hand_on_real_radiographs():
+    """IoU >= 0.8 against boxes marked by hand, and the marked hand lies inside the crop."""
+    image_dir = require(RSNA_SAMPLE / "boneage-training-dataset")
+    cfg = PreprocessConfig()
+    ious = []
+    for row in _sample_boxes():
+        pixels = read_radiograph(image_dir / f"{row['id']}.png", 10**8).pixels
+        h, w = pixels.shape
+        truth = Box(*(int(float(row[k]) * s / 100) for k, s in (("x0", w), ("y0", h), ("x1", w), ("y1", h))))
+        tight = locate_hand(pixels, cfg.model_copy(update={"crop_margin": 0.0}))
+        ious.append(tight.iou(truth))
+        cropped = locate_hand(pixels, cfg)
+        tol = 0.03 * max(h, w)  # the marks were placed on a 5% grid
+        assert cropped.x0 <= truth.x0 + tol and cropped.y0 <= truth.y0 + tol, row["id"]
+        assert cropped.x1 >= truth.x1 - tol and cropped.y1 >= truth.y1 - tol, row["id"]
+    assert len(ious) == 40
+    assert min(ious) >= 0.8, sorted(ious)[:5]
+
+
+def test_preprocess_real_samples_to_tfrecords_round_trip(tmp_path):
+    import tensorflow as tf
+
+    from boneage.ingest import ingest
+    from boneage.preprocess import preprocess
+    from boneage.tfrecords import parse_example, shard_paths
+
+    params = Params(preprocess=PreprocessConfig(image_size=96, workers=2))
+    result = ingest(params, tmp_path / "ingest", source=str(require(RSNA_SAMPLE)))
+    out = tmp_path / "pre"
+    rows = preprocess(params, result.manifest_path, out)
+    assert len(rows) == 40, "no real radiograph may be rejected"
+    assert (out / "contact_sheet.png").is_file()
+    records = []
+    for split in ("train", "val", "test"):
+        for path in shard_paths(out, split):
+            for rec in tf.data.TFRecordDataset(str(path)):
+                records.append(parse_example(rec, 96))
+    assert len(records) == 40
+    labels = dict(zip(result.manifest["id"], result.manifest["boneage"], strict=True))
+    for r in records:
+        image_id = r["id"].numpy().decode()
+        assert r["image"].shape == (96, 96, 1) and r["image"].dtype == tf.uint8
+        assert float(r["boneage"]) == pytest.approx(labels[image_id])
+    # Byte-identical on a second run: the shards are a pure function of the inputs.
+    first = {p.name: p.read_bytes() for p in out.glob("*.tfrecord")}
+    preprocess(params, result.manifest_path, tmp_path / "pre2")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "pre2").glob("*.tfrecord")} == first

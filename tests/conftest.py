@@ -1,0 +1,60 @@
+"""Shared fixtures. Tests may read ../shared/data (the real RSNA sample and labels); the package never does."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from boneage.config import Params
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+RSNA_SAMPLE = SHARED_DATA / "rsna-sample"
+RSNA_LABELS = SHARED_DATA / "rsna-labels"
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def require(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"{path} not present (the real RSNA sample lives in ../shared/data)")
+    return path
+
+
+@pytest.fixture
+def params() -> Params:
+    return Params()
+
+
+def blob_png(path: Path, size=(96, 128), value=200, dtype=np.uint8) -> Path:
+    """A dark film with a bright hand-sized blob: enough for ingest and crop plumbing."""
+    h, w = size
+    img = np.zeros((h, w), dtype=dtype)
+    img[h // 5 : h - 2, w // 4 : 3 * w // 4] = value
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), img)
+    return path
+
+
+def write_kaggle_dataset(root: Path, rows: list[tuple[str, str, str]], images: dict[str, bytes | None] | None = None) -> Path:
+    """rows: (id, boneage, male) as raw strings; images: id -> bytes to write instead of a good PNG,
+    or None to leave the file out. Ids not in ``images`` get a good PNG."""
+    images = images or {}
+    img_dir = root / "boneage-training-dataset"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    with open(root / "boneage-training-dataset.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["id", "boneage", "male"])
+        writer.writerows(rows)
+    for image_id, _, _ in rows:
+        if "/" in image_id or ".." in image_id:
+            continue
+        if image_id in images:
+            if images[image_id] is not None:
+                (img_dir / f"{image_id}.png").write_bytes(images[image_id])
+        else:
+            blob_png(img_dir / f"{image_id}.png")
+    return root
