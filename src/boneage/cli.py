@@ -79,6 +79,68 @@ def preprocess(
     typer.echo(f"preprocessed {len(rows)} images -> {out} (contact sheet: {out / 'contact_sheet.png'})")
 
 
+@app.command()
+@friendly_errors
+def train(
+    data: Annotated[Path, typer.Option("--data", help="folder of TFRecord shards from preprocess")],
+    out: Annotated[Path, typer.Option("--out", help="folder for the model, run.json and checkpoints")],
+    params: ParamsOption = DEFAULT_PARAMS_PATH,
+) -> None:
+    """Train the bone-age model (resumes from the last checkpoint after an interruption)."""
+    from boneage.train import train as run_train
+
+    result = run_train(load_params(params), data, out)
+    typer.echo(f"trained {result.epochs_run} epochs, best validation MAE {result.best_val_mae:.2f} months; "
+               f"model -> {result.model_path}; MLflow run {result.run_id}")
+
+
+@app.command()
+@friendly_errors
+def evaluate(
+    data: Annotated[Path, typer.Option("--data", help="folder of TFRecord shards from preprocess")],
+    model: Annotated[Path, typer.Option("--model", help="folder written by train")],
+    out: Annotated[Path, typer.Option("--out", help="folder for metrics.json, predictions and plots")],
+    params: ParamsOption = DEFAULT_PARAMS_PATH,
+    mlflow_log: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="log to the training run")] = True,
+) -> None:
+    """MAE, RMSE, median AE, within 6/12 months and bias, overall, by sex and by age band."""
+    from boneage.evaluate import evaluate as run_evaluate
+    from boneage.report import metrics_table
+
+    metrics = run_evaluate(load_params(params), data, model, out, log_to_mlflow=mlflow_log)
+    typer.echo(metrics_table(metrics))
+
+
+@app.command()
+@friendly_errors
+def register(
+    model: Annotated[Path, typer.Option("--model", help="folder written by train (run.json)")],
+    metrics: Annotated[Path, typer.Option("--metrics", help="metrics.json written by evaluate")],
+    out: Annotated[Path, typer.Option("--out", help="where to write the registry decision (JSON)")],
+    params: ParamsOption = DEFAULT_PARAMS_PATH,
+) -> None:
+    """Register the model; alias it `champion` only if it beats the current champion."""
+    from boneage.register import register as run_register
+
+    decision = run_register(load_params(params), model, metrics, out)
+    typer.echo(f"registered {decision['model']} version {decision['version']} as {decision['alias']}: {decision['reason']}")
+
+
+@app.command()
+@friendly_errors
+def report(
+    metrics: Annotated[Path, typer.Option("--metrics", help="metrics.json written by evaluate")] = Path("reports/metrics.json"),
+) -> None:
+    """Print the metrics table next to the predict-the-mean baseline and the noise floor."""
+    import json
+
+    from boneage.report import metrics_table
+
+    if not metrics.is_file():
+        raise BoneageError(f"{metrics}: not found (run the pipeline first: make demo)")
+    typer.echo(metrics_table(json.loads(metrics.read_text())))
+
+
 @data_app.command("synth")
 @friendly_errors
 def data_synth(

@@ -2,7 +2,8 @@
 
 The generator draws a left hand, PA view, the way a Greulich-Pyle reader looks at it:
 
-* the hand and its bones grow longer and more slender;
+* the hand grows; its ossified bones grow longer within their segments and wider within the soft
+  tissue (an infant's finger is mostly cartilage and soft tissue around a thin bony core);
 * the carpal ossification centres appear in their known order (capitate and hamate first,
   pisiform last) and grow;
 * the epiphyses of the phalanges, metacarpals, radius and ulna appear, widen to the width of the
@@ -77,8 +78,8 @@ JOINT_GAP = 0.014
 # Epiphysis timetable (male-equivalent years): appears, reaches full width, caps, fully fused.
 EPIPHYSIS_ONSET = {"phalanx": 1.6, "metacarpal": 1.8, "radius": 1.0, "ulna": 6.5}
 EPIPHYSIS_FULL_WIDTH = 11.0
-EPIPHYSIS_CAP = 12.5
-EPIPHYSIS_FUSED = 16.5
+EPIPHYSIS_CAP = 13.0
+EPIPHYSIS_FUSED = 18.0
 HAND_LENGTH_GROWTH = (0.7, 1.0)  # hand length at birth and at maturity, relative to adult
 
 
@@ -115,7 +116,8 @@ class HandGeometry:
     physis_gap: float = 0.0  # mean dark gap between epiphysis and metaphysis (0 when fused)
     bone_density: float = 0.0
     cortical_contrast: float = 0.0
-    phalanx_slenderness: float = 0.0  # proximal phalanx length / width, middle finger
+    ossified_length: float = 0.0  # ossified share of each bone's segment (the rest is cartilage)
+    bone_fill: float = 0.0  # bone width / soft-tissue width, middle finger proximal phalanx
 
 
 def maturity_years(bone_age_months: float, male: bool) -> float:
@@ -229,9 +231,11 @@ def render(bone_age_months: float, male: bool, size: int, rng: np.random.Generat
 
 def render_with(bone_age_months: float, male: bool, size: int, nz: Nuisance) -> tuple[np.ndarray, HandGeometry]:
     t = maturity_years(bone_age_months, male)
-    mature = _ramp(t, 0.0, 16.0)
+    # Density and proportions keep maturing to the end of the RSNA range (19 years), so the
+    # oldest films are not all alike.
+    mature = _ramp(t, 0.0, MAX_MATURITY_YEARS)
     height, width = size, max(16, int(round(size * nz.aspect)))
-    hand_length = HAND_LENGTH_GROWTH[0] + (HAND_LENGTH_GROWTH[1] - HAND_LENGTH_GROWTH[0]) * _ramp(t, 0.0, 17.0)
+    hand_length = HAND_LENGTH_GROWTH[0] + (HAND_LENGTH_GROWTH[1] - HAND_LENGTH_GROWTH[0]) * _ramp(t, 0.0, MAX_MATURITY_YEARS)
     geo = HandGeometry(maturity_years=t, hand_length=hand_length)
 
     # Hand units -> pixels: y flips (fingers up), scale to the film, rotate about the film centre.
@@ -247,7 +251,9 @@ def render_with(bone_age_months: float, male: bool, size: int, nz: Nuisance) -> 
     density = 0.30 + 0.32 * mature
     cortex = 0.05 + 0.12 * mature
     geo.bone_density, geo.cortical_contrast = density, cortex
-    slender = 1.25 - 0.25 * mature  # young bones are stubby: wider for their length
+    bone_width_factor = 0.55 + 0.45 * mature  # bony core within the soft tissue
+    ossified_length = 0.72 + 0.28 * mature  # ossified share of each segment
+    geo.ossified_length = ossified_length
     tissue = 0.32
 
     # Forearm and palm soft tissue.
@@ -256,7 +262,7 @@ def render_with(bone_age_months: float, male: bool, size: int, nz: Nuisance) -> 
     # Radius (thumb side) and ulna: epiphyses at their distal ends.
     ep_stats: list[tuple[float, float]] = []
     for x, w, kind in ((0.075, 0.115, "radius"), (-0.105, 0.075, "ulna")):
-        _bone_with_epiphysis(canvas, (x, -0.9), (x, -0.035), w * slender, t, kind, False, density, cortex, [])
+        _bone_with_epiphysis(canvas, (x, -0.9), (x, -0.035), w * bone_width_factor, t, kind, False, density, cortex, [])
     # Carpals, in the order they ossify.
     for name, onset, radius, centre in CARPALS:
         if t >= onset:
@@ -276,22 +282,25 @@ def render_with(bone_age_months: float, male: bool, size: int, nz: Nuisance) -> 
         for bone_index, bone_len in enumerate(lengths):
             if bone_len == 0.0:  # the thumb has no middle phalanx
                 continue
-            width_here = base_width * PHALANX_WIDTH_TAPER[bone_index] * slender
+            tissue_width = base_width * PHALANX_WIDTH_TAPER[bone_index] * 1.4 + 0.035
+            width_here = base_width * PHALANX_WIDTH_TAPER[bone_index] * bone_width_factor
             end = point + direction * bone_len
-            finger_pts.append((point, end, width_here))
+            finger_pts.append((point, end, tissue_width))
+            cartilage = direction * bone_len * (1.0 - ossified_length) / 2
             is_metacarpal = bone_index == 0
             is_thumb = ray_index == 4
             # Metacarpals 2-5 carry their epiphysis distally; the thumb's and all phalanges' proximally.
             at_start = not is_metacarpal or is_thumb
             kind = "metacarpal" if is_metacarpal else "phalanx"
             acc = ep_stats if not is_metacarpal else []
-            _bone_with_epiphysis(canvas, point, end, width_here, t, kind, at_start, density, cortex, acc)
+            _bone_with_epiphysis(canvas, point + cartilage, end - cartilage, width_here, t, kind, at_start,
+                                 density, cortex, acc)
             if ray_index == 2 and bone_index == 1:
-                geo.phalanx_slenderness = bone_len / width_here
+                geo.bone_fill = width_here / tissue_width
             point = end + direction * JOINT_GAP
         # Finger soft tissue hugs the bones.
         for a, b, w in finger_pts:
-            canvas.capsule(canvas.tissue, a, b + direction * 0.015, w * 1.4 + 0.035, tissue)
+            canvas.capsule(canvas.tissue, a, b + direction * 0.015, w, tissue)
 
     if ep_stats:
         geo.epiphysis_width_ratio = float(np.mean([r for r, _ in ep_stats]))

@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_repo_params_yaml_loads():
     params = load_params(REPO / "params.yaml")
-    assert params.data.source == "synthetic"
+    assert params.data.source == params.data.synthetic_dir  # the demo never points at real data
     assert params.preprocess.image_size >= 75
 
 
@@ -46,3 +46,4 @@ def test_invalid_yaml_is_a_clear_error(tmp_path):
 
 def test_defaults_are_the_documented_real_training_values():
     assert Params().preprocess.image_size == 299
+    assert Params().model.weights == "imagenet" and Params().model.backbone == "inception_v3"

@@ -75,7 +75,7 @@ def geometry_by_age():
 
 
 @pytest.mark.parametrize("feature", ["hand_length", "carpal_area", "epiphysis_width_ratio", "bone_density",
-                                     "cortical_contrast", "phalanx_slenderness"])
+                                     "cortical_contrast", "ossified_length", "bone_fill"])
 def test_feature_rises_monotonically_with_age(geometry_by_age, feature):
     values = np.array([getattr(g, feature) for g in geometry_by_age])
     assert np.all(np.diff(values) >= -1e-9), values

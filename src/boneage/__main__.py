@@ -1,0 +1,3 @@
+from boneage.cli import app
+
+app(prog_name="boneage")

@@ -1,0 +1,29 @@
+"""Human-readable summaries of a run's metrics."""
+
+from __future__ import annotations
+
+
+def metrics_table(metrics: dict) -> str:
+    """A Markdown table: test and validation MAE overall, by sex and by band, beside the baselines."""
+    lines = ["| group | val MAE | test MAE | test within 12 m | test n |", "|---|---:|---:|---:|---:|"]
+
+    def row(label, val, test):
+        def fmt(m, key, pct=False):
+            if not m or key not in m:
+                return "-"
+            return f"{100 * m[key]:.0f}%" if pct else f"{m[key]:.2f}"
+        lines.append(f"| {label} | {fmt(val, 'mae')} | {fmt(test, 'mae')} | {fmt(test, 'within_12m', True)} | {test.get('n', 0) if test else 0} |")
+
+    val, test = metrics.get("val", {}), metrics.get("test", {})
+    row("all", val, test)
+    for group in ("by_sex", "by_age_band"):
+        for name in test.get(group, {}):
+            row(name, val.get(group, {}).get(name), test[group][name])
+    base = metrics.get("baseline", {})
+    lines.append("")
+    if base.get("predict_the_mean_mae"):
+        ratio = test.get("mae", float("nan")) / base["predict_the_mean_mae"]
+        lines.append(f"predict-the-mean test MAE: {base['predict_the_mean_mae']:.2f} months (model: {100 * ratio:.0f}% of it)")
+    if base.get("noise_floor_mae"):
+        lines.append(f"noise floor (label noise, synthetic data): {base['noise_floor_mae']:.2f} months")
+    return "\n".join(lines)

@@ -1,0 +1,133 @@
+"""MLflow plumbing shared by train, evaluate and register.
+
+One pipeline run is one MLflow run: ``train`` opens it and writes its id to ``run.json``;
+``evaluate`` and ``register`` (and the KFP steps) reopen the same run by id, so params, curves,
+metrics, plots, the model and the registry decision all sit on one run in the UI.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from boneage.config import Params
+from boneage.errors import BoneageError
+
+RUN_FILE = "run.json"
+# Never logged as params or tags, whatever a config or environment holds.
+SECRET_MARKERS = ("password", "secret", "token", "credential", "key")
+
+
+def tracking_uri(params: Params) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or params.mlflow.tracking_uri
+
+
+def _ensure_local_store(uri: str) -> None:
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+
+
+def connect(params: Params) -> str:
+    """Point MLflow at the configured store and make sure the experiment exists; fail fast and
+    clearly when the tracking server cannot be reached, before any training starts."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    uri = tracking_uri(params)
+    _ensure_local_store(uri)
+    mlflow.set_tracking_uri(uri)
+    try:
+        experiment = mlflow.get_experiment_by_name(params.mlflow.experiment)
+        if experiment is None:
+            artifact_location = None
+            if uri.startswith(("sqlite:", "file:")) or "://" not in uri:
+                artifact_location = Path(params.mlflow.artifact_root).resolve().as_uri()
+            experiment_id = mlflow.create_experiment(params.mlflow.experiment, artifact_location=artifact_location)
+        else:
+            experiment_id = experiment.experiment_id
+    except (MlflowException, OSError) as exc:
+        raise BoneageError(f"MLflow tracking store {redact_uri(uri)} is unreachable or refused us: {exc}") from None
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def redact_uri(uri: str) -> str:
+    """Hide a password embedded in a URI (user:pass@host)."""
+    if "@" in uri and "://" in uri:
+        scheme, rest = uri.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}"
+    return uri
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        elif not any(marker in key.lower() for marker in SECRET_MARKERS):
+            out[name] = value if not isinstance(value, list | tuple) else json.dumps(list(value))
+    return out
+
+
+def git_commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, check=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def file_md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def data_lineage(data_dir: Path) -> dict[str, str]:
+    """The hashes that tie a run to its data: DVC's, from dvc.lock when present, and the
+    preprocessed manifest's own md5 (which also covers runs outside DVC)."""
+    tags = {}
+    manifest = Path(data_dir) / "manifest.csv"
+    if manifest.is_file():
+        tags["data.manifest_md5"] = file_md5(manifest)
+    lock = Path("dvc.lock")
+    if lock.is_file():
+        stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+        for stage in ("ingest", "preprocess"):
+            for entry in stages.get(stage, {}).get("deps", []) + stages.get(stage, {}).get("outs", []):
+                if "md5" in entry and not entry["path"].startswith("src"):
+                    tags[f"dvc.{stage}.{entry['path']}"] = entry["md5"]
+    for dvc_file in (p for p in Path(".").glob("*.dvc") if p.is_file()):
+        outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs", [])
+        for entry in outs:
+            tags[f"dvc.{dvc_file.name}.{entry['path']}"] = entry.get("md5", "untracked")
+    return tags
+
+
+def write_run_file(out_dir: Path, run_id: str, experiment_id: str, uri: str, model_uri: str) -> Path:
+    path = Path(out_dir) / RUN_FILE
+    tmp = path.with_suffix(".tmp")
+    record = {"run_id": run_id, "experiment_id": experiment_id, "tracking_uri": redact_uri(uri), "model_uri": model_uri}
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_run_file(model_dir: Path) -> dict:
+    path = Path(model_dir) / RUN_FILE
+    if not path.is_file():
+        raise BoneageError(f"{path}: no MLflow run recorded (run `boneage train` first)")
+    return json.loads(path.read_text())

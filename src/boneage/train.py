@@ -1,0 +1,276 @@
+"""Train: warm up with the backbone frozen, then fine-tune everything; checkpoint every epoch and
+resume after an interruption; log the run to MLflow; save the model that reports months."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from boneage import tracking
+from boneage.config import Params
+from boneage.dataset import make_dataset
+from boneage.errors import BoneageError
+from boneage.model import BoneAgeModel, MonthsMAE, build_model, from_train_model, make_loss, recalibrate_batchnorm
+
+MODEL_FILE = "model.keras"
+CHECKPOINT_DIR = "checkpoint"
+HISTORY_FILE = "history.csv"
+TARGET_FILE = "target.json"
+
+
+@dataclass
+class TrainResult:
+    model_path: Path
+    run_id: str
+    epochs_run: int
+    best_val_mae: float
+    resumed_from_epoch: int
+
+
+def target_stats(manifest: pd.DataFrame) -> tuple[float, float]:
+    """Standardisation from the training split only (the test split never leaks in)."""
+    ages = manifest.loc[manifest["split"] == "train", "boneage"].astype(float)
+    if len(ages) < 2:
+        raise BoneageError("fewer than 2 training images: cannot standardise the target")
+    return float(ages.mean()), float(max(ages.std(), 1.0))
+
+
+def _strategy(params: Params) -> tf.distribute.Strategy:
+    gpus = tf.config.list_physical_devices("GPU")
+    mode = params.train.mixed_precision
+    if (mode == "auto" and gpus) or mode == "on":
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    if len(gpus) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def _config_fingerprint(params: Params, data_dir: Path) -> str:
+    """What a checkpoint must match to be resumed: the recipe and the exact data."""
+    recipe = params.model_dump(mode="json", include={"seed", "preset", "preprocess", "model", "train"})
+    recipe["train"].pop("max_minutes", None)
+    manifest = data_dir / "manifest.csv"
+    payload = json.dumps(recipe, sort_keys=True) + tracking.file_md5(manifest)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _atomic_save(model: keras.Model, path: Path) -> None:
+    tmp = path.with_name(path.stem + ".partial.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+class _EpochEnd(keras.callbacks.Callback):
+    """Per epoch: checkpoint (model with optimizer state, then state.json, both atomic),
+    history row, MLflow metrics, and the wall-clock budget."""
+
+    def __init__(self, ckpt_dir: Path, fingerprint: str, history_path: Path, phase: str, deadline: float | None):
+        super().__init__()
+        self.ckpt_dir, self.fingerprint, self.history_path = ckpt_dir, fingerprint, history_path
+        self.phase, self.deadline = phase, deadline
+
+    def on_epoch_end(self, epoch, logs=None):
+        import mlflow
+
+        logs = dict(logs or {})
+        logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        _atomic_save(self.model, self.ckpt_dir / "train.keras")
+        state = {"fingerprint": self.fingerprint, "epoch": epoch + 1, "phase": self.phase, "completed": False}
+        tmp = self.ckpt_dir / "state.json.tmp"
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, self.ckpt_dir / "state.json")
+        row = {"epoch": epoch + 1, "phase": self.phase, **{k: round(float(v), 6) for k, v in logs.items()}}
+        new = not self.history_path.exists()
+        with open(self.history_path, "a", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+        mlflow.log_metrics({k: float(v) for k, v in logs.items()}, step=epoch + 1)
+        if self.deadline and time.monotonic() > self.deadline:
+            print(f"train.max_minutes reached after epoch {epoch + 1}; stopping", file=sys.stderr)
+            self.model.stop_training = True
+
+
+class _PreciseBatchNorm(keras.callbacks.Callback):
+    """After the last training step of each epoch, before validation runs, re-estimate the
+    BatchNorm statistics on one large batch of un-augmented training images."""
+
+    def __init__(self, images, steps_per_epoch: int):
+        super().__init__()
+        self.images, self.steps = images, steps_per_epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == self.steps - 1:
+            inputs, _ = next(iter(self.images))
+            recalibrate_batchnorm(self.model, inputs)
+
+
+def _compile(model: keras.Model, params: Params, learning_rate: float, target_sd: float) -> None:
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=make_loss(params.train.loss, params.train.huber_delta),
+        metrics=[MonthsMAE(target_sd)],
+        jit_compile=params.train.jit_compile,
+    )
+
+
+def _load_checkpoint(ckpt_dir: Path, fingerprint: str) -> tuple[keras.Model, dict] | None:
+    state_path, model_path = ckpt_dir / "state.json", ckpt_dir / "train.keras"
+    if not (state_path.is_file() and model_path.is_file()):
+        return None
+    try:
+        state = json.loads(state_path.read_text())
+    except json.JSONDecodeError:
+        return None
+    if state.get("fingerprint") != fingerprint or state.get("completed"):
+        return None
+    try:
+        model = keras.saving.load_model(model_path, safe_mode=True)
+    except Exception as exc:  # a corrupt checkpoint is reported and ignored, never half-used
+        print(f"ignoring unreadable checkpoint {model_path}: {exc}", file=sys.stderr)
+        return None
+    return model, state
+
+
+def train(params: Params, data_dir: Path, out_dir: Path) -> TrainResult:
+    import mlflow
+
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    if not (data_dir / "manifest.csv").is_file():
+        raise BoneageError(f"{data_dir}: no manifest.csv (run `boneage preprocess` first)")
+    manifest = pd.read_csv(data_dir / "manifest.csv", dtype={"id": str})
+    target_mean, target_sd = target_stats(manifest)
+    n_train = int((manifest["split"] == "train").sum())
+    size, tcfg = params.preprocess.image_size, params.train
+    keras.utils.set_random_seed(params.seed)
+
+    experiment_id = tracking.connect(params)  # fails fast, before any training, if MLflow is down
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = out_dir / CHECKPOINT_DIR
+    ckpt_dir.mkdir(exist_ok=True)
+    fingerprint = _config_fingerprint(params, data_dir)
+    strategy = _strategy(params)
+
+    train_ds = make_dataset(data_dir, "train", size, tcfg.batch_size, target_mean=target_mean, target_sd=target_sd,
+                            training=True, augment=tcfg.augment, shuffle_buffer=tcfg.shuffle_buffer, seed=params.seed)
+    val_ds = make_dataset(data_dir, "val", size, tcfg.batch_size, target_mean=target_mean, target_sd=target_sd)
+    steps = tcfg.steps_per_epoch or max(1, -(-n_train // tcfg.batch_size))
+    recal_batches = None
+    if tcfg.bn_recalibration_images:
+        recal_batches = make_dataset(data_dir, "train", size, min(tcfg.bn_recalibration_images, n_train),
+                                     target_mean=target_mean, target_sd=target_sd, training=True, augment=None,
+                                     seed=params.seed + 1, shuffle_buffer=tcfg.shuffle_buffer)
+
+    resumed = _load_checkpoint(ckpt_dir, fingerprint)
+    history_path = ckpt_dir / HISTORY_FILE
+    start_epoch, run_id = 0, None
+    with strategy.scope():
+        if resumed:
+            train_model, state = resumed
+            model = from_train_model(train_model, target_mean, target_sd)
+            start_epoch = int(state["epoch"])
+            run_id = json.loads((ckpt_dir / "run.json").read_text())["run_id"] if (ckpt_dir / "run.json").exists() else None
+            print(f"resuming from the checkpoint after epoch {start_epoch} ({state['phase']})", file=sys.stderr)
+        else:
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+            ckpt_dir.mkdir()
+            model = build_model(params.model, size, target_mean, target_sd)
+
+    run = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id,
+                           run_name=None if run_id else f"{params.model.backbone}-{size}px",
+                           log_system_metrics=params.mlflow.log_system_metrics)
+    with run:
+        run_id = run.info.run_id
+        (ckpt_dir / "run.json").write_text(json.dumps({"run_id": run_id}))
+        if start_epoch == 0:
+            mlflow.log_params(tracking.flatten(params.model_dump(mode="json")))
+            mlflow.log_params({"data.n_train": n_train, "data.n_val": int((manifest["split"] == "val").sum()),
+                               "data.n_test": int((manifest["split"] == "test").sum()),
+                               "target.mean_months": round(target_mean, 4), "target.sd_months": round(target_sd, 4),
+                               "model.parameters": model.train.count_params()})
+            mlflow.set_tags({"git.commit": tracking.git_commit(), **tracking.data_lineage(data_dir),
+                             "boneage.preset": params.preset})
+        deadline = time.monotonic() + tcfg.max_minutes * 60 if tcfg.max_minutes else None
+        verbose = 1 if sys.stderr.isatty() else 2
+        total = tcfg.epochs
+        warmup = min(tcfg.warmup_epochs, total)
+        phases = [("warmup", 0, warmup, False, tcfg.learning_rate), ("finetune", warmup, total, True, tcfg.fine_tune_learning_rate)]
+        if params.model.weights.lower() == "none":
+            # From random weights a frozen backbone is noise: nothing to warm up around.
+            phases = [("finetune", 0, total, True, tcfg.learning_rate)]
+        stopped = False
+        for phase, first, last, backbone_trainable, lr in phases:
+            if last <= max(first, start_epoch) or stopped:
+                continue
+            continuing = resumed is not None and start_epoch > first and resumed[1]["phase"] == phase
+            if not continuing:
+                model.backbone.trainable = backbone_trainable
+                _compile(model.train, params, lr, target_sd)
+            callbacks = [
+                *([_PreciseBatchNorm(recal_batches, steps)] if recal_batches is not None else []),
+                _EpochEnd(ckpt_dir, fingerprint, history_path, phase, deadline),
+                keras.callbacks.ReduceLROnPlateau(monitor="val_mae_months", mode="min", factor=tcfg.reduce_lr_factor,
+                                                  patience=tcfg.reduce_lr_patience, min_lr=tcfg.min_learning_rate),
+            ]
+            if phase == "finetune":
+                callbacks.append(keras.callbacks.EarlyStopping(monitor="val_mae_months", mode="min", patience=tcfg.early_stopping_patience,
+                                                               restore_best_weights=True))
+            model.train.fit(train_ds, validation_data=val_ds, epochs=last, initial_epoch=max(first, start_epoch),
+                            steps_per_epoch=steps, callbacks=callbacks, verbose=verbose)
+            stopped = bool(model.train.stop_training)
+
+        history = pd.read_csv(history_path) if history_path.exists() else pd.DataFrame()
+        best_val = float(history["val_mae_months"].min()) if "val_mae_months" in history else float("nan")
+        _atomic_save(model.predict, out_dir / MODEL_FILE)
+        shutil.copyfile(history_path, out_dir / HISTORY_FILE)
+        (out_dir / TARGET_FILE).write_text(json.dumps({"mean_months": target_mean, "sd_months": target_sd}) + "\n")
+        model_uri = _log_training_artifacts(model, out_dir, size)
+        tracking.write_run_file(out_dir, run_id, experiment_id, tracking.tracking_uri(params), model_uri)
+        state = json.loads((ckpt_dir / "state.json").read_text())
+        state["completed"] = True
+        (ckpt_dir / "state.json").write_text(json.dumps(state))
+    return TrainResult(out_dir / MODEL_FILE, run_id, len(history), best_val, start_epoch)
+
+
+def _log_training_artifacts(model: BoneAgeModel, out_dir: Path, size: int) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import mlflow
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    history = pd.read_csv(out_dir / HISTORY_FILE)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(history["epoch"], history["mae_months"], label="train")
+    ax.plot(history["epoch"], history["val_mae_months"], label="validation")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("MAE (months)")
+    ax.set_title("Training curve")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "training_curve.png", dpi=100)
+    plt.close(fig)
+    mlflow.log_artifact(str(out_dir / "training_curve.png"), "plots")
+    mlflow.log_artifact(str(out_dir / HISTORY_FILE), "training")
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype("uint8"), (-1, size, size, 1), "image"),
+                       TensorSpec(np.dtype("float32"), (-1, 1), "male")]),
+        outputs=Schema([TensorSpec(np.dtype("float32"), (-1, 1), "boneage")]),
+    )
+    # Known trap: input_example crashes mlflow.keras.log_model in 3.17; the signature says it all.
+    return mlflow.keras.log_model(model.predict, name="model", signature=signature).model_uri

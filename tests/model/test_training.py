@@ -1,0 +1,137 @@
+"""Training end to end on tiny synthetic data: it learns, it resumes after kill -9, and the
+registry gates the champion. Real MLflow (SQLite) and real TFRecords throughout."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from boneage.config import Params
+
+
+def tiny_params(tmp: Path, **train) -> Params:
+    return Params.model_validate({
+        "seed": 3,
+        "data": {"source": str(tmp / "synth")},
+        "preprocess": {"image_size": 75, "workers": 1},
+        "model": {"weights": "none", "head_units": [64], "head_dropout": 0.0},
+        "train": {"batch_size": 16, "epochs": 12, "learning_rate": 2e-3, "early_stopping_patience": 50,
+                  "reduce_lr_patience": 50, "augment": {"enabled": False}, **train},
+        "mlflow": {"tracking_uri": f"sqlite:///{tmp}/mlruns/mlflow.db", "artifact_root": str(tmp / "mlruns" / "art"),
+                   "log_system_metrics": False},
+    })
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    from boneage.ingest import ingest
+    from boneage.preprocess import preprocess
+    from boneage.synth import write_dataset
+
+    tmp = tmp_path_factory.mktemp("tiny")
+    write_dataset(tmp / "synth", count=120, seed=5, size=192, workers=1)
+    params = tiny_params(tmp)
+    result = ingest(params, tmp / "ingest")
+    preprocess(params, result.manifest_path, tmp / "pre")
+    return tmp
+
+
+@pytest.mark.slow
+def test_mae_falls_well_below_predict_the_mean(tiny_data, tmp_path, monkeypatch):
+    from boneage.evaluate import predict_split
+    from boneage.model import load_predict_model
+    from boneage.train import train
+
+    monkeypatch.chdir(tmp_path)
+    params = tiny_params(tiny_data)
+    result = train(params, tiny_data / "pre", tmp_path / "models")
+    manifest = pd.read_csv(tiny_data / "pre" / "manifest.csv", dtype={"id": str})
+    model = load_predict_model(result.model_path)
+    # Inference mode (moving BatchNorm statistics), on the images it trained on.
+    pred = predict_split(model, tiny_data / "pre", "train", 75, 16).merge(manifest, on="id")
+    mae = (pred["predicted"] - pred["boneage"]).abs().mean()
+    baseline = (pred["boneage"] - pred["boneage"].mean()).abs().mean()
+    assert mae < 0.5 * baseline, f"MAE {mae:.1f} vs predict-the-mean {baseline:.1f}"
+    history = pd.read_csv(result.model_path.parent / "history.csv")
+    assert history["mae_months"].iloc[-1] < 0.6 * history["mae_months"].iloc[0]
+
+
+@pytest.mark.slow
+def test_kill_9_mid_training_resumes_from_the_last_checkpoint(tiny_data, tmp_path):
+    params = tiny_params(tiny_data, epochs=4)
+    params_path = tmp_path / "params.yaml"
+    params_path.write_text(yaml.safe_dump(params.model_dump(mode="json")))
+    cmd = [sys.executable, "-m", "boneage", "train", "--data", str(tiny_data / "pre"), "--out", str(tmp_path / "models"),
+           "--params", str(params_path)]
+    state = tmp_path / "models" / "checkpoint" / "state.json"
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if state.exists() and json.loads(state.read_text())["epoch"] >= 2:
+            break
+        if proc.poll() is not None:
+            pytest.fail("training ended before it could be interrupted")
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = json.loads(state.read_text())["epoch"]
+    assert killed_at < 4, "training finished before the kill"
+    assert not (tmp_path / "models" / "model.keras").exists(), "a half-trained model must not look finished"
+
+    rerun = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"resuming from the checkpoint after epoch {killed_at}" in rerun.stderr
+    history = pd.read_csv(tmp_path / "models" / "history.csv")
+    assert list(history["epoch"]) == [1, 2, 3, 4]
+    assert (tmp_path / "models" / "model.keras").is_file()
+
+
+def _fake_run(tmp: Path, params: Params, test_mae: float) -> Path:
+    """A real MLflow run holding a real (tiny) Keras model, as train would leave it."""
+    import keras
+    import mlflow
+
+    from boneage import tracking
+
+    experiment_id = tracking.connect(params)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        info = mlflow.keras.log_model(model, name="model")
+        mlflow.log_metric("test_mae", test_mae)
+    out = tmp / run.info.run_id
+    out.mkdir()
+    tracking.write_run_file(out, run.info.run_id, experiment_id, tracking.tracking_uri(params), info.model_uri)
+    (out / "metrics.json").write_text(json.dumps({"test": {"mae": test_mae}}))
+    return out
+
+
+def test_registry_gates_the_champion(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    from boneage.register import register
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    params = tiny_params(tmp_path)
+    decisions = []
+    for mae in (20.0, 25.0, 15.0):
+        run_dir = _fake_run(tmp_path, params, mae)
+        decisions.append(register(params, run_dir, run_dir / "metrics.json", run_dir / "registry.json"))
+    assert [d["alias"] for d in decisions] == ["champion", "challenger", "champion"]
+    assert decisions[1]["previous_champion_test_mae"] == 20.0
+    assert decisions[2]["previous_champion_test_mae"] == 20.0
+    client = MlflowClient()
+    champion = client.get_model_version_by_alias("boneage", "champion")
+    assert int(champion.version) == decisions[2]["version"]
+    assert champion.tags["run_id"] and champion.tags["test_mae"] == "15.0000"
+    assert int(client.get_model_version_by_alias("boneage", "challenger").version) == decisions[1]["version"]
+    assert np.isclose(json.loads((run_dir / "registry.json").read_text())["test_mae"], 15.0)
