@@ -92,7 +92,8 @@ class PreprocessConfig(_Strict):
         return self
 
 
-Backbone = Literal["inception_v3", "resnet50", "efficientnet_b0", "efficientnet_b3", "mobilenet_v3_small"]
+# small_cnn: a few conv blocks, no pretrained weights; for quick checks and tests, not for real use.
+Backbone = Literal["inception_v3", "resnet50", "efficientnet_b0", "efficientnet_b3", "mobilenet_v3_small", "small_cnn"]
 
 
 class ModelConfig(_Strict):

@@ -41,6 +41,7 @@ BACKBONES = {
     # EfficientNet and MobileNetV3 carry their own input normalisation and expect 0..255.
     "efficientnet_b0": BackboneSpec("EfficientNetB0", "efficientnetb0_notop.h5", 32, 1.0, (0.0, 0.0, 0.0)),
     "efficientnet_b3": BackboneSpec("EfficientNetB3", "efficientnetb3_notop.h5", 32, 1.0, (0.0, 0.0, 0.0)),
+    "small_cnn": BackboneSpec("", "", 32, 1 / 127.5, (-1.0, -1.0, -1.0)),
     "mobilenet_v3_small": BackboneSpec("MobileNetV3Small",
                                        "mobilenet_v3/weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5",
                                        32, 1.0, (0.0, 0.0, 0.0)),
@@ -81,10 +82,25 @@ def _imagenet_error(cfg: ModelConfig, exc: Exception) -> BoneageError:
     )
 
 
+def _small_cnn(cfg: ModelConfig, image_size: int) -> keras.Model:
+    if cfg.weights.lower() != "none":
+        raise BoneageError("model.backbone small_cnn has no pretrained weights; set model.weights: none")
+    inputs = keras.Input((image_size, image_size, 3))
+    x = inputs
+    for filters in (16, 32, 64, 128):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization(momentum=cfg.batchnorm_momentum)(x)
+        x = layers.Activation("relu")(x)
+        x = layers.MaxPooling2D()(x)
+    return keras.Model(inputs, x, name="backbone")
+
+
 def build_backbone(cfg: ModelConfig, image_size: int) -> keras.Model:
     spec = BACKBONES[cfg.backbone]
     if image_size < spec.min_size:
         raise BoneageError(f"preprocess.image_size {image_size} is below {cfg.backbone}'s minimum of {spec.min_size}")
+    if cfg.backbone == "small_cnn":
+        return _small_cnn(cfg, image_size)
     weights = resolve_weights(cfg)
     factory = getattr(keras.applications, spec.factory)
     kwargs = {"include_top": False, "weights": weights, "input_shape": (image_size, image_size, 3)}

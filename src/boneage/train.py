@@ -229,7 +229,7 @@ def train(params: Params, data_dir: Path, out_dir: Path) -> TrainResult:
                 callbacks.append(keras.callbacks.EarlyStopping(monitor="val_mae_months", mode="min", patience=tcfg.early_stopping_patience,
                                                                restore_best_weights=True))
             model.train.fit(train_ds, validation_data=val_ds, epochs=last, initial_epoch=max(first, start_epoch),
-                            steps_per_epoch=steps, callbacks=callbacks, verbose=verbose)
+                            steps_per_epoch=steps, callbacks=callbacks, verbose=verbose, shuffle=False)
             stopped = bool(model.train.stop_training)
 
         history = pd.read_csv(history_path) if history_path.exists() else pd.DataFrame()
