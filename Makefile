@@ -50,7 +50,7 @@ demo: setup
 	echo && cat reports/registry.json && \
 	echo && echo "pipeline wall time: $$(( $$(date +%s) - start )) s" && \
 	echo "Compare runs in the MLflow UI: make mlflow-ui, then open http://127.0.0.1:$(MLFLOW_PORT)" && \
-	echo "Plots offline: make plots, then open dvc_plots/index.html"
+	echo "Plots offline: make plots, then open dvc_plots/render/index.html"
 
 pipeline: setup
 	dvc repro

@@ -35,7 +35,7 @@ def test_dvc_repro_end_to_end_then_noop(tmp_path):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"]["synthetic"].update({"count": 60, "image_size": 160})
     params["preprocess"]["image_size"] = 75
-    params["train"].update({"epochs": 2, "batch_size": 16, "bn_recalibration_images": 32})
+    params["train"].update({"epochs": 2, "steps_per_epoch": None, "batch_size": 16, "bn_recalibration_images": 32})
     params["mlflow"]["log_system_metrics"] = False
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}

@@ -273,4 +273,7 @@ def _log_training_artifacts(model: BoneAgeModel, out_dir: Path, size: int) -> st
         outputs=Schema([TensorSpec(np.dtype("float32"), (-1, 1), "boneage")]),
     )
     # Known trap: input_example crashes mlflow.keras.log_model in 3.17; the signature says it all.
-    return mlflow.keras.log_model(model.predict, name="model", signature=signature).model_uri
+    # Naming the requirements spares MLflow a subprocess that re-imports TensorFlow to infer them.
+    requirements = [f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"]
+    return mlflow.keras.log_model(model.predict, name="model", signature=signature,
+                                  pip_requirements=requirements).model_uri

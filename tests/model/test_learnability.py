@@ -13,10 +13,10 @@ def params_for(tmp, use_sex: bool) -> Params:
     return Params.model_validate({
         "seed": 1,
         "data": {"source": str(tmp / "synth"), "split": {"val": 0.25, "test": 0.0}},
-        "preprocess": {"image_size": 64, "workers": 2},
+        "preprocess": {"image_size": 75, "workers": 2},
         "model": {"backbone": "small_cnn", "weights": "none", "use_sex": use_sex, "head_units": [64],
                   "head_dropout": 0.0},
-        "train": {"batch_size": 32, "epochs": 25, "learning_rate": 2e-3, "early_stopping_patience": 50,
+        "train": {"batch_size": 32, "epochs": 16, "learning_rate": 2e-3, "early_stopping_patience": 50,
                   "reduce_lr_patience": 4, "bn_recalibration_images": 128, "augment": {"enabled": False}},
         "mlflow": {"tracking_uri": f"sqlite:///{tmp}/mlruns/mlflow.db", "artifact_root": str(tmp / "art"),
                    "log_system_metrics": False},
@@ -43,7 +43,7 @@ def test_small_cnn_learns_the_synthetic_data_and_sex_helps(tmp_path, monkeypatch
     maes = {}
     for use_sex in (True, False):
         result = train(params_for(tmp_path, use_sex), tmp_path / "pre", tmp_path / f"models-{use_sex}")
-        pred = predict_split(load_predict_model(result.model_path), tmp_path / "pre", "val", 64, 64).merge(labels, on="id")
+        pred = predict_split(load_predict_model(result.model_path), tmp_path / "pre", "val", 75, 64).merge(labels, on="id")
         maes[use_sex] = (pred["predicted"] - pred["boneage"]).abs().mean()
         baseline = (pred["boneage"] - train_mean).abs().mean()
     print(f"validation MAE with sex {maes[True]:.1f}, without {maes[False]:.1f}, predict-the-mean {baseline:.1f}")

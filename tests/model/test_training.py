@@ -106,7 +106,7 @@ def _fake_run(tmp: Path, params: Params, test_mae: float) -> Path:
     experiment_id = tracking.connect(params)
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     with mlflow.start_run(experiment_id=experiment_id) as run:
-        info = mlflow.keras.log_model(model, name="model")
+        info = mlflow.keras.log_model(model, name="model", pip_requirements=["keras"])
         mlflow.log_metric("test_mae", test_mae)
     out = tmp / run.info.run_id
     out.mkdir()
