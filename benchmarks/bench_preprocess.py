@@ -19,7 +19,8 @@ SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "rsna-sample
 
 
 def bare_decode(path: str) -> int:
-    return cv2.imread(path, cv2.IMREAD_UNCHANGED).size
+    """The fastest bare decode OpenCV offers: straight to one channel, depth kept."""
+    return cv2.imread(path, cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH).size
 
 
 def main() -> None:

@@ -60,7 +60,8 @@ def _thumbnail(pixels: np.ndarray, longest_side: int) -> tuple[np.ndarray, float
     scale = min(1.0, longest_side / max(h, w))
     if scale < 1.0:
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        pixels = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
+        # Linear is ~10x cheaper than area averaging here, and the blur that follows removes aliasing.
+        pixels = cv2.resize(pixels, size, interpolation=cv2.INTER_LINEAR)
     return _to_uint8(pixels), scale
 
 

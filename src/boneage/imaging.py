@@ -92,21 +92,6 @@ def check_image_file(path: Path, max_pixels: int) -> tuple[int, int]:
     return width, height
 
 
-def _to_gray(pixels: np.ndarray) -> np.ndarray:
-    """Collapse OpenCV's BGR/BGRA channels to one; alpha is composited over black (background)."""
-    if pixels.ndim == 2:
-        return pixels
-    if pixels.shape[2] == 4:
-        alpha = pixels[:, :, 3:4].astype(np.float32) / np.iinfo(pixels.dtype).max
-        bgr = (pixels[:, :, :3].astype(np.float32) * alpha).astype(pixels.dtype)
-        return cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
-    if pixels.shape[2] == 3:
-        return cv2.cvtColor(pixels, cv2.COLOR_BGR2GRAY)
-    if pixels.shape[2] == 1:
-        return pixels[:, :, 0]
-    raise BadInputError(f"unsupported channel count {pixels.shape[2]}")
-
-
 def _read_raster(data: bytes, max_pixels: int) -> np.ndarray:
     # The header is read first so that a bomb is refused before any pixel is decoded.
     import io
@@ -124,10 +109,11 @@ def _read_raster(data: bytes, max_pixels: int) -> np.ndarray:
         raise BadInputError(f"not a readable image: {type(exc).__name__}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise BadInputError(f"corrupt image: {exc}") from None
-    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    # Decoding straight to one channel (keeping 16-bit depth) is cheaper than decode-then-convert;
+    # alpha is ignored, which is right for radiographs saved as opaque RGBA.
+    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH)
     if pixels is None or pixels.size == 0:
         raise BadInputError("corrupt or truncated image (decoder failed)")
-    pixels = _to_gray(pixels)
     if pixels.dtype not in (np.uint8, np.uint16):
         raise BadInputError(f"unsupported pixel type {pixels.dtype}")
     return pixels
