@@ -11,7 +11,7 @@ APT_PACKAGES := git
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 MLFLOW_PORT ?= 5000
 
-.PHONY: setup system-deps test test-fast demo pipeline plots mlflow-ui clean help
+.PHONY: setup system-deps test test-fast demo pipeline plots bench mlflow-ui clean help
 
 help:
 	@echo "make setup   install system packages and the pinned Python environment in $(VENV)"
@@ -57,6 +57,11 @@ pipeline: setup
 
 plots: setup
 	dvc plots show --out dvc_plots/render
+
+# Speed measurements; results land in benchmarks/results.json and benchmarks/results.md (shown in the README).
+bench: setup
+	$(BIN)/python -m benchmarks.bench_synth
+	$(BIN)/python -m benchmarks.bench_preprocess
 
 mlflow-ui: setup
 	mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
