@@ -63,23 +63,18 @@ def _check_dimensions(width: int, height: int, max_pixels: int) -> None:
         )
 
 
-def check_image_file(path: Path, max_pixels: int) -> tuple[int, int]:
-    """Cheap validation for ingest: the file exists, is a supported image, is not absurdly large and
-    is not corrupt or truncated. Returns (width, height)."""
-    if not path.is_file():
-        raise BadInputError("image file missing")
-    if is_dicom(path):
-        rad = read_radiograph(path, max_pixels)
-        return rad.pixels.shape[1], rad.pixels.shape[0]
+def _inspect(source, max_pixels: int, verify: bool) -> tuple[int, int]:
+    """Read the header (refusing bombs before any pixel is decoded) and, with ``verify``, check
+    the whole file; every failure becomes a BadInputError. Returns (width, height)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(source) as im:
                 width, height = im.size
                 _check_dimensions(width, height, max_pixels)
-                if im.format == "PNG":
+                if verify and im.format == "PNG":
                     im.verify()  # walks every chunk and checks its CRC: catches truncation and corruption
-                else:
+                elif verify:
                     im.load()
     except BadInputError:
         raise
@@ -92,23 +87,21 @@ def check_image_file(path: Path, max_pixels: int) -> tuple[int, int]:
     return width, height
 
 
+def check_image_file(path: Path, max_pixels: int) -> tuple[int, int]:
+    """Cheap validation for ingest: the file exists, is a supported image, is not absurdly large and
+    is not corrupt or truncated. Returns (width, height)."""
+    if not path.is_file():
+        raise BadInputError("image file missing")
+    if is_dicom(path):
+        rad = read_radiograph(path, max_pixels)
+        return rad.pixels.shape[1], rad.pixels.shape[0]
+    return _inspect(path, max_pixels, verify=True)
+
+
 def _read_raster(data: bytes, max_pixels: int) -> np.ndarray:
-    # The header is read first so that a bomb is refused before any pixel is decoded.
     import io
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                _check_dimensions(im.size[0], im.size[1], max_pixels)
-    except BadInputError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise BadInputError(BOMB_REASON) from None
-    except UnidentifiedImageError as exc:
-        raise BadInputError(f"not a readable image: {type(exc).__name__}") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise BadInputError(f"corrupt image: {exc}") from None
+    _inspect(io.BytesIO(data), max_pixels, verify=False)
     # Decoding straight to one channel (keeping 16-bit depth) is cheaper than decode-then-convert;
     # alpha is ignored, which is right for radiographs saved as opaque RGBA.
     pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH)
