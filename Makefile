@@ -17,6 +17,8 @@ help:
 	@echo "make setup   install system packages and the pinned Python environment in $(VENV)"
 	@echo "make test    run the whole test suite (slow end-to-end tests included)"
 	@echo "make demo    install, then run the whole pipeline on the embedded synthetic dataset"
+	@echo "make bench   speed benchmarks -> benchmarks/results.{json,md}"
+	@echo "make mlflow-ui / make plots   look at the runs and the DVC plots"
 
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
