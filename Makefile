@@ -5,13 +5,23 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages the project needs beyond a stock Python image (installed only when missing).
-APT_PACKAGES := git
+# git: DVC and the run's commit; postgresql: the MLflow server's store (make services);
+# chromium: the browser test of the MLflow UI.
+APT_PACKAGES := git postgresql chromium
 
 # DVC stages call `boneage`; run them with the project's environment first on PATH.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 MLFLOW_PORT ?= 5000
 
-.PHONY: setup system-deps test test-fast demo pipeline plots bench mlflow-ui clean help
+# The images the Kubeflow steps run in. `make image` pushes exactly the name `make compile` bakes
+# into the pipeline; the default matches params.yaml's kfp.image.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+REGISTRY ?= ghcr.io/boneage
+IMAGE ?= $(REGISTRY)/boneage-gpu:$(VERSION)
+IMAGE_CPU ?= $(REGISTRY)/boneage-cpu:$(VERSION)
+PIPELINE_YAML ?= pipeline/boneage-pipeline.yaml
+
+.PHONY: setup system-deps test test-fast demo pipeline plots bench mlflow-ui clean help services services-down image lint-docker compile kfp-local submit
 
 help:
 	@echo "make setup   install system packages and the pinned Python environment in $(VENV)"
@@ -19,6 +29,10 @@ help:
 	@echo "make demo    install, then run the whole pipeline on the embedded synthetic dataset"
 	@echo "make bench   speed benchmarks -> benchmarks/results.{json,md}"
 	@echo "make mlflow-ui / make plots   look at the runs and the DVC plots"
+	@echo "make image REGISTRY=...   build and push the GPU and CPU images (needs Docker)"
+	@echo "make compile REGISTRY=... / make submit KFP_HOST=...   the Kubeflow pipeline on a cluster"
+	@echo "make kfp-local   the Kubeflow pipeline here, with kfp.local"
+	@echo "make services / make services-down   PostgreSQL, a GCS emulator and an MLflow server on 127.0.0.1"
 
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -33,7 +47,7 @@ $(STAMP): pyproject.toml requirements.lock
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=python3.12"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c requirements.lock -e '.[dev]'
+	$(BIN)/python -m pip install -q -c requirements.lock -e '.[cpu,services,dev]'
 	touch $(STAMP)
 
 setup: system-deps $(STAMP)
@@ -65,8 +79,36 @@ bench: setup
 	$(BIN)/python -m benchmarks.bench_synth
 	$(BIN)/python -m benchmarks.bench_preprocess
 
+image:
+	@command -v docker >/dev/null || { echo "error: docker not found: build on a machine with Docker, or hand Dockerfile to Cloud Build or kaniko, tagging $(IMAGE)"; exit 1; }
+	docker build -f Dockerfile -t $(IMAGE) .
+	docker push $(IMAGE)
+	docker build -f Dockerfile.cpu -t $(IMAGE_CPU) .
+	docker push $(IMAGE_CPU)
+
+lint-docker: setup
+	$(BIN)/hadolint Dockerfile Dockerfile.cpu
+
+compile: setup
+	boneage pipeline compile --out $(PIPELINE_YAML) --set kfp.image=$(IMAGE)
+
+kfp-local: setup
+	boneage pipeline run-local
+
+submit: compile
+	@test -n "$(KFP_HOST)" || { echo "error: set KFP_HOST, e.g. make submit KFP_HOST=https://kubeflow.example.org/pipeline"; exit 1; }
+	boneage pipeline submit --host $(KFP_HOST) --package $(PIPELINE_YAML)
+
+# PostgreSQL + GCS emulator + MLflow server (basic auth) on 127.0.0.1; then
+#   eval "$$(boneage services env)"   and every step logs to the server and the bucket.
+services: setup
+	boneage services up
+
+services-down: setup
+	boneage services down
+
 mlflow-ui: setup
 	mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
 
 clean:
-	rm -rf data/ingest data/preprocessed models reports .pytest_cache
+	rm -rf data/ingest data/preprocessed models reports local_outputs .pytest_cache

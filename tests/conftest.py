@@ -58,3 +58,33 @@ def write_kaggle_dataset(root: Path, rows: list[tuple[str, str, str]], images: d
         else:
             blob_png(img_dir / f"{image_id}.png")
     return root
+
+
+@pytest.fixture(scope="session")
+def stack():
+    """A real service stack, PostgreSQL + the GCS emulator + an MLflow server with basic auth,
+    started by the same code as `make services`, on free ports, in a scratch folder."""
+    import os
+    import shutil
+    import tempfile
+
+    from boneage import services
+
+    # Not under pytest's 0700 tmp folder: as root, PostgreSQL runs as `postgres`, which must reach it.
+    root = Path(tempfile.mkdtemp(prefix="boneage-services-"))
+    ports = {name: services.free_port() for name in services.DEFAULT_PORTS}
+    started = services.start(root, ports, password="test-" + os.urandom(12).hex())
+    try:
+        yield started
+    finally:
+        services.stop(root)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def stack_env(stack, monkeypatch) -> dict[str, str]:
+    """This process talks to the stack, as `eval "$(boneage services env)"` arranges in a shell."""
+    env = stack.client_env()
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env

@@ -11,11 +11,17 @@ from typing import Annotated
 import typer
 
 from boneage.config import DEFAULT_PARAMS_PATH, load_params
-from boneage.errors import BoneageError
+from boneage.errors import BadInputError, BoneageError
 
 app = typer.Typer(help="Pediatric bone age from hand radiographs.", no_args_is_help=True, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Datasets: the synthetic embedded default.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+pipeline_app = typer.Typer(help="The Kubeflow pipeline: compile, run locally with kfp.local, submit to a cluster.",
+                           no_args_is_help=True)
+app.add_typer(pipeline_app, name="pipeline")
+services_app = typer.Typer(help="The local service stack: PostgreSQL, a GCS emulator, an MLflow server.",
+                           no_args_is_help=True)
+app.add_typer(services_app, name="services")
 
 ParamsOption = Annotated[Path, typer.Option("--params", help="params.yaml to read")]
 
@@ -44,9 +50,10 @@ def ingest(
 ) -> None:
     """Validate an RSNA-format dataset and split it into train/val/test."""
     from boneage.ingest import ingest as run_ingest
+    from boneage.synth import resolve_source
 
     cfg = load_params(params)
-    result = run_ingest(cfg, out, source=source or _default_source(cfg))
+    result = run_ingest(cfg, out, source=resolve_source(cfg, source))
     counts = result.manifest["split"].value_counts().to_dict()
     typer.echo(
         f"manifest: {len(result.manifest)} images {counts} -> {result.manifest_path}\n"
@@ -54,15 +61,6 @@ def ingest(
     )
     for reason, n in result.quarantine["reason"].value_counts().head(10).items():
         typer.echo(f"  {n:5d}  {reason}")
-
-
-def _default_source(cfg) -> str:
-    """``synthetic`` names the embedded default dataset, generated on first use."""
-    if cfg.data.source != "synthetic":
-        return cfg.data.source
-    from boneage.synth import ensure_synthetic_dataset
-
-    return str(ensure_synthetic_dataset(cfg))
 
 
 @app.command()
@@ -141,6 +139,64 @@ def report(
     typer.echo(metrics_table(json.loads(metrics.read_text())))
 
 
+@app.command()
+@friendly_errors
+def predict(
+    images: Annotated[list[Path], typer.Argument(help="PNG, JPEG or DICOM files, or folders of them")],
+    sex: Annotated[str | None, typer.Option("--sex", help="M or F (DICOM: PatientSex when not given)")] = None,
+    chronological_age: Annotated[float | None, typer.Option(
+        "--chronological-age", help="months; adds BA-CA, the Greulich-Pyle SDS and a call (DICOM: PatientAge)")] = None,
+    model: Annotated[str, typer.Option("--model", help="training output folder or MLflow model URI")] = "models:/boneage@champion",
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+    report: Annotated[Path | None, typer.Option("--report", help="write an HTML + PNG report per image here")] = None,
+    params: ParamsOption = DEFAULT_PARAMS_PATH,
+) -> None:
+    """Bone age with a calibrated interval; with the chronological age, the SDS and a call.
+    Exits 1 if any image was rejected (each rejection says why)."""
+    import json
+
+    from boneage.predict import Predictor, parse_age, parse_sex, predict_files
+
+    try:  # a bad option is the caller's mistake for every image: refuse before loading anything
+        if sex is not None:
+            parse_sex(sex)
+        parse_age(chronological_age)
+    except BadInputError as exc:
+        raise BoneageError(exc.reason) from None
+    missing = [str(p) for p in images if not p.exists()]
+    if missing:
+        raise BoneageError(f"not found: {', '.join(missing)}")
+    if model.startswith(("models:/", "runs:/")):
+        from boneage import tracking
+
+        tracking.connect(load_params(params))
+    predictor = Predictor.load(model)
+    results = predict_files(predictor, list(images), sex, chronological_age)
+    if report is not None:
+        from boneage.clinical_report import write_report
+
+        for result in results:
+            if not result.rejected:
+                result_page = write_report(predictor, result, report)
+                typer.echo(f"report: {result_page}", err=True)
+    if as_json:
+        typer.echo(json.dumps([r.as_dict() for r in results], indent=2))
+    else:
+        for r in results:
+            if r.rejected:
+                typer.echo(f"{r.source}: REJECTED: {r.rejected}")
+                continue
+            lo, hi = r.interval_months
+            line = f"{r.source}: {r.bone_age_months:.1f} months ({r.bone_age}), {r.interval_level:.0%} interval {lo:.1f}-{hi:.1f}"
+            if r.assessment:
+                a = r.assessment
+                sds = f", SDS {a['sds']:+.2f}" if a["sds"] is not None else ""
+                line += f"; CA {a['chronological_age_months']:.1f}, BA-CA {a['difference_months']:+.1f}{sds}: {a['call']}"
+            typer.echo(line)
+    if any(r.rejected for r in results):
+        raise typer.Exit(code=1)
+
+
 @data_app.command("synth")
 @friendly_errors
 def data_synth(
@@ -156,6 +212,142 @@ def data_synth(
 
     csv_path = write_dataset(out, count=count, seed=seed, size=size, workers=workers, label_noise_sd=label_noise_sd)
     typer.echo(f"wrote {count} synthetic radiographs -> {csv_path}")
+
+
+SetOption = Annotated[list[str] | None, typer.Option("--set", "-S", help="override a param: KEY=VALUE (dotted key, YAML value)")]
+
+
+def _overrides(items: list[str] | None) -> dict:
+    import yaml
+
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise BoneageError(f"--set {item!r}: expected KEY=VALUE, e.g. --set kfp.image=registry/boneage-gpu:0.1.0")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+ProjectOption = Annotated[Path, typer.Option("--project-dir", help="folder holding pipeline/ and components/")]
+PackageOption = Annotated[Path, typer.Option("--package", help="compiled pipeline YAML")]
+
+
+def _pipeline_arguments(source, data_version, image_size, epochs, backbone, gpu_count, gpu_type, mlflow_uri, experiment) -> dict:
+    """Only the run-time parameters given on the command line; the rest keep params.yaml's values."""
+    given = {"source_uri": source, "data_version": data_version, "image_size": image_size, "epochs": epochs,
+             "backbone": backbone, "gpu_count": gpu_count, "gpu_type": gpu_type,
+             "mlflow_tracking_uri": mlflow_uri, "experiment": experiment}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+SourceArg = Annotated[str | None, typer.Option("--source", help="data source URI (folder, .zip, gs://)")]
+DataVersionArg = Annotated[str | None, typer.Option("--data-version", help="data hash, part of ingest's cache key")]
+ImageSizeArg = Annotated[int | None, typer.Option("--image-size", min=75)]
+EpochsArg = Annotated[int | None, typer.Option("--epochs", min=1)]
+BackboneArg = Annotated[str | None, typer.Option("--backbone")]
+GpuCountArg = Annotated[int | None, typer.Option("--gpu-count", min=0)]
+GpuTypeArg = Annotated[str | None, typer.Option("--gpu-type", help="accelerator resource, e.g. nvidia.com/gpu")]
+MlflowUriArg = Annotated[str | None, typer.Option("--mlflow-uri", help="MLflow tracking URI seen from the steps")]
+ExperimentArg = Annotated[str | None, typer.Option("--experiment", help="MLflow and KFP experiment")]
+
+
+@pipeline_app.command("compile")
+@friendly_errors
+def pipeline_compile(
+    out: Annotated[Path, typer.Option("--out", help="where to write the pipeline YAML")] = Path("pipeline/boneage-pipeline.yaml"),
+    params: ParamsOption = DEFAULT_PARAMS_PATH,
+    project_dir: ProjectOption = Path("."),
+    set_: SetOption = None,
+) -> None:
+    """Compile the pipeline (defaults from params.yaml) to a YAML package for a KFP cluster."""
+    from boneage.kfp_runner import compile_pipeline
+
+    path = compile_pipeline(load_params(params, _overrides(set_)), out, project_dir)
+    typer.echo(f"compiled pipeline -> {path}")
+
+
+@pipeline_app.command("run-local")
+@friendly_errors
+def pipeline_run_local(
+    params: ParamsOption = DEFAULT_PARAMS_PATH,
+    project_dir: ProjectOption = Path("."),
+    pipeline_root: Annotated[Path, typer.Option("--pipeline-root", help="where kfp.local writes the artifacts")] = Path("local_outputs"),
+    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="reuse kfp.local's cached step outputs")] = False,
+    source: SourceArg = None, data_version: DataVersionArg = None, image_size: ImageSizeArg = None,
+    epochs: EpochsArg = None, backbone: BackboneArg = None, mlflow_uri: MlflowUriArg = None, experiment: ExperimentArg = None,
+    set_: SetOption = None,
+) -> None:
+    """Run the whole pipeline here with kfp.local (SubprocessRunner, this environment, CPU)."""
+    from boneage.kfp_runner import run_local
+
+    args = _pipeline_arguments(source, data_version, image_size, epochs, backbone, None, None, mlflow_uri, experiment)
+    result = run_local(load_params(params, _overrides(set_)), args, pipeline_root, project_dir, enable_caching=cache)
+    typer.echo(f"local pipeline run finished in {result.wall_seconds:.0f} s; artifacts under {result.pipeline_root}")
+
+
+@pipeline_app.command("submit")
+@friendly_errors
+def pipeline_submit(
+    host: Annotated[str, typer.Option("--host", help="KFP API endpoint, e.g. https://kfp.example.org")],
+    package: PackageOption = Path("pipeline/boneage-pipeline.yaml"),
+    params: ParamsOption = DEFAULT_PARAMS_PATH,
+    token: Annotated[str | None, typer.Option("--token", envvar="KFP_TOKEN", help="bearer token (or $KFP_TOKEN)")] = None,
+    namespace: Annotated[str | None, typer.Option("--namespace", help="Kubeflow profile namespace")] = None,
+    run_name: Annotated[str | None, typer.Option("--run-name")] = None,
+    source: SourceArg = None, data_version: DataVersionArg = None, image_size: ImageSizeArg = None,
+    epochs: EpochsArg = None, backbone: BackboneArg = None, gpu_count: GpuCountArg = None, gpu_type: GpuTypeArg = None,
+    mlflow_uri: MlflowUriArg = None, experiment: ExperimentArg = None,
+) -> None:
+    """Upload the compiled pipeline as a new version and start a run; prints the run's URL."""
+    from boneage.kfp_runner import submit
+
+    args = _pipeline_arguments(source, data_version, image_size, epochs, backbone, gpu_count, gpu_type, mlflow_uri, experiment)
+    result = submit(load_params(params), host, package, args, experiment=experiment, run_name=run_name,
+                    token=token, namespace=namespace)
+    typer.echo(f"submitted run {result.run_id}: {result.run_url}")
+
+
+ServicesRoot = Annotated[Path, typer.Option("--root", help="folder for the services' data, logs and state")]
+
+
+@services_app.command("up")
+@friendly_errors
+def services_up(
+    root: ServicesRoot = Path(".services"),
+    postgres_port: Annotated[int, typer.Option("--postgres-port")] = 55432,
+    gcs_port: Annotated[int, typer.Option("--gcs-port")] = 9023,
+    mlflow_port: Annotated[int, typer.Option("--mlflow-port")] = 5001,
+) -> None:
+    """Start PostgreSQL, the GCS emulator and an MLflow server (basic auth) on 127.0.0.1."""
+    from boneage import services
+
+    stack = services.start(root, {"postgres": postgres_port, "gcs": gcs_port, "mlflow": mlflow_port})
+    typer.echo(f"PostgreSQL  127.0.0.1:{stack.postgres_port} (data in {root}/postgres)\n"
+               f"GCS         {stack.gcs_endpoint} (buckets {services.ARTIFACT_BUCKET}, {services.DATA_BUCKET})\n"
+               f"MLflow      {stack.mlflow_uri} (user {services.MLFLOW_ADMIN}, basic auth)\n"
+               f"Use them:   eval \"$(boneage services env --root {root})\"")
+
+
+@services_app.command("env")
+@friendly_errors
+def services_env(root: ServicesRoot = Path(".services")) -> None:
+    """Print the `export` lines that point boneage, DVC and MLflow at the running services."""
+    from boneage import services
+
+    stack = services.load(root)
+    if stack is None:
+        raise BoneageError(f"no services running under {root} (start them: make services)")
+    typer.echo(services.env_lines(stack), nl=False)
+
+
+@services_app.command("down")
+@friendly_errors
+def services_down(root: ServicesRoot = Path(".services")) -> None:
+    """Stop the services started by `boneage services up` (their data stays in --root)."""
+    from boneage import services
+
+    typer.echo("stopped" if services.stop(root) else f"nothing running under {root}")
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -12,6 +12,7 @@ import hashlib
 import math
 import os
 import re
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,7 +124,14 @@ def _natural_key(image_id: str):
     return (0, int(image_id), "") if image_id.isdigit() else (1, 0, image_id)
 
 
-def ingest(params: Params, out_dir: Path, source: str | None = None) -> IngestResult:
+IMAGES_DIR = "images"
+
+
+def ingest(params: Params, out_dir: Path, source: str | None = None, bundle_images: bool = False) -> IngestResult:
+    """Validate the labels and images at ``source`` and write manifest.csv and quarantine.csv.
+
+    ``bundle_images`` copies the accepted images into ``out_dir/images`` so that the folder stands
+    alone (a KFP artifact moves between pods); otherwise the manifest points at the source."""
     source = source or params.data.source
     out_dir.mkdir(parents=True, exist_ok=True)
     root = materialise(source, out_dir / ".cache")
@@ -217,6 +225,8 @@ def ingest(params: Params, out_dir: Path, source: str | None = None) -> IngestRe
             f"see {out_dir / 'quarantine.csv'} for the reasons"
         )
 
+    if bundle_images:
+        _bundle(good, out_dir / IMAGES_DIR)
     for record in good:
         record["path"] = os.path.relpath(record.pop("abs_path"), out_dir)
         record["split"] = assign_split(record["id"], params.seed, cfg.split.val, cfg.split.test)
@@ -230,6 +240,18 @@ def ingest(params: Params, out_dir: Path, source: str | None = None) -> IngestRe
     write_csv_atomic(manifest, manifest_path)
     write_csv_atomic(quarantine_df, quarantine_path)
     return IngestResult(manifest, quarantine_df, manifest_path, quarantine_path)
+
+
+def _bundle(records: list[dict], images_dir: Path) -> None:
+    images_dir.mkdir(parents=True, exist_ok=True)
+    for record in tqdm(records, desc="ingest: bundle images", unit="img"):
+        src = Path(record["abs_path"])
+        dst = images_dir / f"{record['id']}{src.suffix.lower()}"
+        if not dst.exists() or dst.stat().st_size != src.stat().st_size:
+            tmp = dst.with_name(dst.name + ".partial")
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dst)
+        record["abs_path"] = dst
 
 
 def write_csv_atomic(df: pd.DataFrame, path: Path) -> None:

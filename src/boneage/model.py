@@ -191,9 +191,11 @@ def make_loss(name: str, huber_delta: float) -> keras.losses.Loss:
     }[name]()
 
 
-def from_train_model(train: keras.Model, target_mean: float, target_sd: float) -> BoneAgeModel:
-    """Rebuild the months-reporting view over a (resumed) training model, sharing its layers."""
-    months = layers.Rescaling(float(target_sd), offset=float(target_mean), dtype="float32", name=OUTPUT)(train.output)
+def from_train_model(train: keras.Model, target_mean: float, target_sd: float, offset_months: float = 0.0) -> BoneAgeModel:
+    """Rebuild the months-reporting view over a (resumed) training model, sharing its layers.
+    ``offset_months`` is the bias correction measured on the validation split (0 while training)."""
+    months = layers.Rescaling(float(target_sd), offset=float(target_mean) + float(offset_months), dtype="float32",
+                              name=OUTPUT)(train.output)
     return BoneAgeModel(train=train, predict=keras.Model(train.input, months, name="boneage"),
                         backbone=train.get_layer("backbone"))
 

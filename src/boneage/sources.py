@@ -1,4 +1,4 @@
-"""Where an RSNA-format dataset comes from: a local folder, a .zip of one, or (later) a bucket.
+"""Where an RSNA-format dataset comes from: a local folder, a .zip of one, or a GCS prefix.
 
 Each source is turned into a local folder before ingest reads it, so that ingest has one code path.
 Remote schemes plug in through ``SOURCE_FETCHERS``.
@@ -73,10 +73,12 @@ def _archive_cache_dir(archive: Path, cache_root: Path) -> Path:
 
 
 def _fetch_gcs(uri: str, cache_root: Path) -> Path:
-    raise BoneageError(
-        f"{uri}: gs:// sources are not supported by this version yet; "
-        "copy the data locally (gsutil -m cp -r) and pass the folder"
-    )
+    """Mirror the bucket prefix into the cache (verified and resumable; see boneage.gcs)."""
+    from boneage.gcs import download_prefix
+
+    target = cache_root / f"gs-{hashlib.sha256(uri.rstrip('/').encode()).hexdigest()[:16]}"
+    download_prefix(uri, target)
+    return target
 
 
 SOURCE_FETCHERS: dict[str, Callable[[str, Path], Path]] = {"gs": _fetch_gcs}

@@ -435,3 +435,12 @@ def ensure_synthetic_dataset(params) -> Path:
     write_dataset(out, cfg.count, params.seed, cfg.image_size, cfg.workers, cfg.label_noise_sd_months)
     spec_path.write_text(json.dumps(spec, indent=2) + "\n")
     return out
+
+
+def resolve_source(params, source: str | None = None) -> str:
+    """The source to ingest: ``synthetic`` (or a synthetic_dir not generated yet) means the embedded
+    default dataset, generated on first use; anything else is returned as given."""
+    source = source or params.data.source
+    if source == "synthetic" or (source == params.data.synthetic_dir and not Path(source).exists()):
+        return str(ensure_synthetic_dataset(params))
+    return source

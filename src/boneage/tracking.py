@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +25,40 @@ RUN_FILE = "run.json"
 SECRET_MARKERS = ("password", "secret", "token", "credential", "key")
 
 
+# mlflow.set_tracking_uri() also writes MLFLOW_TRACKING_URI into os.environ; remember what we set,
+# so that a second run in the same process follows its own params, not the previous run's store.
+_uri_we_set: str | None = None
+
+
 def tracking_uri(params: Params) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or params.mlflow.tracking_uri
+    """MLFLOW_TRACKING_URI as the user set it wins; otherwise params' mlflow.tracking_uri."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    return env if env and env != _uri_we_set else params.mlflow.tracking_uri
 
 
 def _ensure_local_store(uri: str) -> None:
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+
+
+def probe_server(uri: str, timeout: float) -> None:
+    """For an MLflow server: is it up, and does it accept our credentials? One quick request each,
+    instead of the client's minutes of retries (and never after an hour of training)."""
+    import requests
+
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)
+    except requests.RequestException as exc:
+        raise BoneageError(f"MLflow server {redact_uri(uri)} is unreachable ({type(exc).__name__}); start it "
+                           "(make services) or point MLFLOW_TRACKING_URI elsewhere") from None
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    auth = (user, password) if user and password else None
+    reply = requests.get(f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search", params={"max_results": 1},
+                         auth=auth, timeout=timeout)
+    if reply.status_code in (401, 403):
+        given = "with" if auth else "without"
+        raise BoneageError(f"MLflow server {redact_uri(uri)} refused the request {given} credentials (HTTP "
+                           f"{reply.status_code}): set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
 
 
 def connect(params: Params) -> str:
@@ -40,8 +68,23 @@ def connect(params: Params) -> str:
     from mlflow.exceptions import MlflowException
 
     uri = tracking_uri(params)
+    if uri.startswith(("http://", "https://")):
+        try:
+            probe_server(uri, params.mlflow.probe_timeout_seconds)
+        except BoneageError as exc:
+            if not params.mlflow.fallback_to_local:
+                raise
+            local = params.mlflow.local_fallback_uri
+            print(f"warning: {exc}\nwarning: mlflow.fallback_to_local is set: logging to {local} instead; "
+                  "import the run later with mlflow's export tools", file=sys.stderr)
+            uri = local
+            os.environ["MLFLOW_TRACKING_URI"] = local  # the later steps of this run follow
     _ensure_local_store(uri)
+    global _uri_we_set
+    user_env = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
+    if os.environ.get("MLFLOW_TRACKING_URI") != user_env:
+        _uri_we_set = os.environ.get("MLFLOW_TRACKING_URI")
     try:
         experiment = mlflow.get_experiment_by_name(params.mlflow.experiment)
         if experiment is None:

@@ -23,6 +23,7 @@ from boneage.config import Params
 from boneage.dataset import make_dataset
 from boneage.errors import BoneageError
 from boneage.model import BoneAgeModel, MonthsMAE, build_model, from_train_model, make_loss, recalibrate_batchnorm
+from boneage.predict import PREDICTOR_FILE, PredictorConfig, conformal_halfwidth
 
 MODEL_FILE = "model.keras"
 CHECKPOINT_DIR = "checkpoint"
@@ -118,7 +119,15 @@ class _PreciseBatchNorm(keras.callbacks.Callback):
             recalibrate_batchnorm(self.model, inputs)
 
 
-def _compile(model: keras.Model, params: Params, learning_rate: float, target_sd: float) -> None:
+def _learning_rate(params: Params, peak: float, steps: int):
+    """A constant rate (ReduceLROnPlateau adjusts it) or a per-step cosine decay over ``steps``."""
+    tcfg = params.train
+    if tcfg.lr_schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(peak, decay_steps=max(steps, 1), alpha=tcfg.min_learning_rate / peak)
+    return peak
+
+
+def _compile(model: keras.Model, params: Params, learning_rate, target_sd: float) -> None:
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss=make_loss(params.train.loss, params.train.huber_delta),
@@ -218,13 +227,15 @@ def train(params: Params, data_dir: Path, out_dir: Path) -> TrainResult:
             continuing = resumed is not None and start_epoch > first and resumed[1]["phase"] == phase
             if not continuing:
                 model.backbone.trainable = backbone_trainable
-                _compile(model.train, params, lr, target_sd)
+                _compile(model.train, params, _learning_rate(params, lr, (last - first) * steps), target_sd)
             callbacks = [
                 *([_PreciseBatchNorm(recal_batches, steps)] if recal_batches is not None else []),
                 _EpochEnd(ckpt_dir, fingerprint, history_path, phase, deadline),
-                keras.callbacks.ReduceLROnPlateau(monitor="val_mae_months", mode="min", factor=tcfg.reduce_lr_factor,
-                                                  patience=tcfg.reduce_lr_patience, min_lr=tcfg.min_learning_rate),
             ]
+            if tcfg.lr_schedule == "plateau":
+                callbacks.append(keras.callbacks.ReduceLROnPlateau(
+                    monitor="val_mae_months", mode="min", factor=tcfg.reduce_lr_factor,
+                    patience=tcfg.reduce_lr_patience, min_lr=tcfg.min_learning_rate))
             if phase == "finetune":
                 callbacks.append(keras.callbacks.EarlyStopping(monitor="val_mae_months", mode="min", patience=tcfg.early_stopping_patience,
                                                                restore_best_weights=True))
@@ -234,15 +245,45 @@ def train(params: Params, data_dir: Path, out_dir: Path) -> TrainResult:
 
         history = pd.read_csv(history_path) if history_path.exists() else pd.DataFrame()
         best_val = float(history["val_mae_months"].min()) if "val_mae_months" in history else float("nan")
+        residuals = _validation_residuals(model, data_dir, manifest, size, tcfg.batch_size)
+        correct = tcfg.correct_bias_on_val and len(residuals) >= tcfg.bias_correction_min_images
+        offset = float(np.median(residuals)) if correct else 0.0
+        halfwidth = conformal_halfwidth(residuals - offset, tcfg.interval_level)
+        mlflow.log_metric("interval_halfwidth_months", halfwidth)
+        PredictorConfig(preprocess=params.preprocess.model_dump(mode="json"), max_image_pixels=params.data.max_image_pixels,
+                        use_sex=params.model.use_sex, interval_level=tcfg.interval_level,
+                        interval_halfwidth_months=halfwidth).write(out_dir / PREDICTOR_FILE)
+        if offset:
+            model = from_train_model(model.train, target_mean, target_sd, offset)
+            mlflow.log_metric("val_bias_correction_months", offset)
+            print(f"bias correction from the validation split: {offset:+.2f} months", file=sys.stderr)
         _atomic_save(model.predict, out_dir / MODEL_FILE)
         shutil.copyfile(history_path, out_dir / HISTORY_FILE)
-        (out_dir / TARGET_FILE).write_text(json.dumps({"mean_months": target_mean, "sd_months": target_sd}) + "\n")
+        (out_dir / TARGET_FILE).write_text(json.dumps({"mean_months": target_mean, "sd_months": target_sd,
+                                                       "offset_months": offset}) + "\n")
         model_uri = _log_training_artifacts(model, out_dir, size)
         tracking.write_run_file(out_dir, run_id, experiment_id, tracking.tracking_uri(params), model_uri)
         state = json.loads((ckpt_dir / "state.json").read_text())
         state["completed"] = True
         (ckpt_dir / "state.json").write_text(json.dumps(state))
     return TrainResult(out_dir / MODEL_FILE, run_id, len(history), best_val, start_epoch)
+
+
+def _validation_residuals(model: BoneAgeModel, data_dir: Path, manifest: pd.DataFrame, size: int, batch_size: int) -> np.ndarray:
+    """true - predicted months on the validation split (empty without one)."""
+    from boneage.evaluate import predict_split
+
+    val = manifest[manifest["split"] == "val"]
+    if val.empty:
+        return np.array([])
+    pred = predict_split(model.predict, data_dir, "val", size, batch_size).merge(val[["id", "boneage"]], on="id")
+    return (pred["boneage"] - pred["predicted"]).to_numpy(dtype=float)
+
+
+def boneage_version() -> str:
+    from importlib.metadata import version
+
+    return version("boneage")
 
 
 def _log_training_artifacts(model: BoneAgeModel, out_dir: Path, size: int) -> str:
@@ -275,5 +316,14 @@ def _log_training_artifacts(model: BoneAgeModel, out_dir: Path, size: int) -> st
     # Known trap: input_example crashes mlflow.keras.log_model in 3.17; the signature says it all.
     # Naming the requirements spares MLflow a subprocess that re-imports TensorFlow to infer them.
     requirements = [f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"]
-    return mlflow.keras.log_model(model.predict, name="model", signature=signature,
-                                  pip_requirements=requirements).model_uri
+    mlflow.keras.log_model(model.predict, name="keras_model", signature=signature, pip_requirements=requirements)
+    # The registered model: a pyfunc that takes raw image bytes and does its own preprocessing
+    # (boneage.serving, logged as code: nothing is pickled).
+    from importlib.util import find_spec
+
+    from boneage.scoring import SIGNATURE
+
+    return mlflow.pyfunc.log_model(
+        name="model", python_model=find_spec("boneage.serving").origin, signature=SIGNATURE,
+        artifacts={"keras_model": str(out_dir / MODEL_FILE), "predictor_config": str(out_dir / PREDICTOR_FILE)},
+        pip_requirements=[*requirements, f"boneage=={boneage_version()}"]).model_uri

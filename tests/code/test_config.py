@@ -47,3 +47,23 @@ def test_invalid_yaml_is_a_clear_error(tmp_path):
 def test_defaults_are_the_documented_real_training_values():
     assert Params().preprocess.image_size == 299
     assert Params().model.weights == "imagenet" and Params().model.backbone == "inception_v3"
+
+
+def test_dotted_overrides_apply_and_are_validated(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  epochs: 5\n")
+    params = load_params(path, {"train.epochs": 7, "kfp.image": "registry.example.org/b:1"})
+    assert params.train.epochs == 7 and params.kfp.image == "registry.example.org/b:1"
+    with pytest.raises(BoneageError, match=r"train.epochs"):
+        load_params(path, {"train.epochs": 0})
+    with pytest.raises(BoneageError, match=r"kfp.imag"):
+        load_params(path, {"kfp.imag": "typo"})
+
+
+def test_params_travel_as_json_text_and_come_back_equal():
+    import json
+
+    from boneage.config import parse_params
+
+    params = load_params(REPO / "params.yaml")
+    assert parse_params(json.dumps(params.model_dump(mode="json"))) == params

@@ -1,0 +1,26 @@
+"""One Kubeflow component per pipeline step, each a thin wrapper over ``boneage.kfp_steps``.
+
+The functions in this package are lightweight Python components: KFP ships each function's source
+into the project's image (where `boneage` is installed) and runs it there. They hold no logic of
+their own: they turn KFP artifacts into folders, call the library, and describe the outputs.
+"""
+
+from types import SimpleNamespace
+
+from kfp import dsl
+
+from components.evaluate import evaluate
+from components.ingest import ingest
+from components.preprocess import preprocess
+from components.register import register
+from components.train import train
+
+STEPS = (ingest, preprocess, train, evaluate, register)
+
+
+def build(image: str) -> SimpleNamespace:
+    """The five components, all running in ``image``. The image already holds kfp and boneage,
+    so nothing is pip-installed when a pod starts (clusters need not reach PyPI)."""
+    return SimpleNamespace(**{
+        step.__name__: dsl.component(step, base_image=image, install_kfp_package=False) for step in STEPS
+    })

@@ -1,0 +1,14 @@
+from kfp.dsl import Artifact, Dataset, Input, Markdown, Model, Output
+
+
+def register(params_yaml: str, mlflow_tracking_uri: str, experiment: str, mlflow_run_id: str,
+             model: Input[Model], evaluation: Input[Dataset], decision: Output[Artifact], summary: Output[Markdown]) -> str:
+    """Register the model in MLflow; it becomes `champion` only if it beats the current one.
+    Returns the alias it got."""
+    from boneage import kfp_steps
+
+    params = kfp_steps.load(params_yaml, {"mlflow.tracking_uri": mlflow_tracking_uri, "mlflow.experiment": experiment})
+    outcome = kfp_steps.register(params, model.path, evaluation.path, decision.path, mlflow_run_id)
+    outcome.write_markdown(summary.path)
+    decision.metadata.update(outcome.metadata)
+    return outcome.metadata["alias"]

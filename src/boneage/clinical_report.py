@@ -1,0 +1,116 @@
+"""Per-image report for `boneage predict --report DIR`: the crop, a Grad-CAM heatmap of what the
+model looked at, the numbers, and a growth chart placing the child against the Greulich–Pyle
+mean ± 2 SD. One PNG, and one self-contained HTML page embedding it."""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+from pathlib import Path
+
+import numpy as np
+
+from boneage.predict import Prediction, Predictor
+from boneage.standards import SDS_THRESHOLD, sex_code, table
+
+
+def grad_cam(predictor: Predictor, image: np.ndarray, male: bool) -> np.ndarray:
+    """Grad-CAM on the backbone's last feature map: where the predicted age is most sensitive,
+    upsampled to the image and scaled to 0..1."""
+    import cv2
+    import keras
+    import tensorflow as tf
+
+    model = predictor.model
+    features = model.get_layer("pool").input  # the backbone's feature map, in this model's graph
+    probe = keras.Model(model.inputs, [features, model.output])
+    batch = {"image": tf.constant(image.reshape(1, *image.shape[:2], 1).astype(np.uint8)),
+             "male": tf.constant([[1.0 if male else 0.0]], dtype=tf.float32)}
+    with tf.GradientTape() as tape:
+        fmap, age = probe(batch, training=False)
+    grads = tape.gradient(age, fmap)
+    if grads is None:
+        return np.zeros(image.shape[:2], dtype=np.float32)
+    weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+    cam = tf.nn.relu(tf.reduce_sum(weights * fmap, axis=-1))[0].numpy()
+    # Either sign of the gradient says "this region moves the age"; fall back to |cam| if relu kills all.
+    if cam.max() <= 0:
+        cam = np.abs(tf.reduce_sum(weights * fmap, axis=-1)[0].numpy())
+    cam = cv2.resize(cam.astype(np.float32), image.shape[1::-1], interpolation=cv2.INTER_LINEAR)
+    return cam / cam.max() if cam.max() > 0 else cam
+
+
+def _growth_chart(ax, prediction: Prediction) -> None:
+    male = prediction.sex == "M"
+    std = table()[sex_code(male)]
+    ax.fill_between(std.ages / 12, (std.means - SDS_THRESHOLD * std.sds) / 12, (std.means + SDS_THRESHOLD * std.sds) / 12,
+                    color="tab:blue", alpha=0.15, label="mean ± 2 SD")
+    ax.plot(std.ages / 12, std.means / 12, color="tab:blue", label=f"Greulich–Pyle mean ({'boys' if male else 'girls'})")
+    if prediction.chronological_age_months is not None:
+        lo, hi = prediction.interval_months
+        ca, ba = prediction.chronological_age_months / 12, prediction.bone_age_months / 12
+        ax.errorbar([ca], [ba], yerr=[[ba - lo / 12], [hi / 12 - ba]], fmt="o", color="tab:red", capsize=4,
+                    label="this child (90% interval)" if prediction.interval_level == 0.9 else "this child")
+    ax.set_xlabel("chronological age (years)")
+    ax.set_ylabel("bone age (years)")
+    ax.set_xlim(0, 19)
+    ax.set_ylim(0, 19)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+
+
+def _numbers(prediction: Prediction) -> list[tuple[str, str]]:
+    lo, hi = prediction.interval_months
+    rows = [("Bone age", f"{prediction.bone_age_months:.1f} months ({prediction.bone_age})"),
+            (f"{prediction.interval_level:.0%} interval", f"{lo:.1f}–{hi:.1f} months"),
+            ("Sex", prediction.sex or "")]
+    a = prediction.assessment
+    if a:
+        rows.append(("Chronological age", f"{a['chronological_age_months']:.1f} months"))
+        rows.append(("BA − CA", f"{a['difference_months']:+.1f} months"))
+        if a["sds"] is not None:
+            rows.append(("SDS (Greulich–Pyle, Brush)", f"{a['sds']:+.2f}"))
+        rows.append(("Assessment", a["call"]))
+    return rows
+
+
+def write_report(predictor: Predictor, prediction: Prediction, out_dir: Path) -> Path:
+    """Write ``<name>.png`` and ``<name>.html`` for one scored image; returns the HTML path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(prediction.source).stem) or "image"
+    image = prediction.prepared
+    cam = grad_cam(predictor, image, prediction.sex == "M")
+    fig, axes = plt.subplots(1, 3, figsize=(15, 5))
+    axes[0].imshow(image, cmap="gray")
+    axes[0].set_title("crop given to the model")
+    axes[1].imshow(image, cmap="gray")
+    axes[1].imshow(cam, cmap="jet", alpha=0.4)
+    axes[1].set_title("Grad-CAM: what moved the estimate")
+    for ax in axes[:2]:
+        ax.axis("off")
+    _growth_chart(axes[2], prediction)
+    axes[2].set_title(f"bone age {prediction.bone_age}")
+    fig.tight_layout()
+    png = out_dir / f"{name}.png"
+    fig.savefig(png, dpi=90)
+    plt.close(fig)
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in _numbers(prediction))
+    encoded = base64.b64encode(png.read_bytes()).decode()
+    page = out_dir / f"{name}.html"
+    page.write_text(f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Bone age: {html.escape(name)}</title>
+<style>body{{font-family:sans-serif;margin:2em}} th{{text-align:left;padding-right:1em}}</style></head>
+<body><h1>Bone age: {html.escape(name)}</h1>
+<p>Source: {html.escape(prediction.source)}</p>
+<table>{rows}</table>
+<img alt="crop, Grad-CAM and growth chart" src="data:image/png;base64,{encoded}" style="max-width:100%">
+<p><small>A research tool, not a diagnosis. SDS against the Greulich–Pyle standards (Brush data).</small></p>
+</body></html>
+""")
+    return page

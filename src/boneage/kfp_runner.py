@@ -1,0 +1,145 @@
+"""Compile, run locally and submit the Kubeflow pipeline defined in the project's ``pipeline/``.
+
+``pipeline/`` and ``components/`` are project files (like dvc.yaml), not part of the installed
+package: they are found below the project root, which is the current folder by default.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from boneage.config import Params
+from boneage.errors import BoneageError
+
+DEFAULT_PACKAGE = Path("pipeline/boneage-pipeline.yaml")
+LOCAL_ROOT = Path("local_outputs")
+
+
+def build_pipeline(params: Params, project_dir: Path = Path(".")):
+    root = Path(project_dir).resolve()
+    if not (root / "pipeline" / "pipeline.py").is_file() or not (root / "components" / "__init__.py").is_file():
+        raise BoneageError(f"{root}: no pipeline/pipeline.py and components/ here; run from the project root "
+                           "or pass --project-dir")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    module = importlib.import_module("pipeline.pipeline")
+    return module.build(params)
+
+
+def compile_pipeline(params: Params, package_path: Path = DEFAULT_PACKAGE, project_dir: Path = Path(".")) -> Path:
+    from kfp import compiler
+
+    package_path = Path(package_path)
+    package_path.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(build_pipeline(params, project_dir), package_path=str(package_path))
+    return package_path
+
+
+@dataclass
+class LocalRun:
+    outputs: dict
+    pipeline_root: Path
+    wall_seconds: float
+
+
+def _artifact_path(value) -> str:
+    return getattr(value, "path", None) or str(value)
+
+
+def run_local(params: Params, arguments: dict | None = None, pipeline_root: Path = LOCAL_ROOT,
+              project_dir: Path = Path("."), enable_caching: bool = False) -> LocalRun:
+    """The whole pipeline with kfp.local's SubprocessRunner, in this Python environment: the same
+    components as on a cluster, with artifacts as folders under ``pipeline_root``."""
+    from kfp import local
+
+    from boneage.synth import resolve_source
+
+    arguments = dict(arguments or {})
+    # The embedded default is generated here, once, and handed to ingest as a folder.
+    arguments["source_uri"] = str(Path(resolve_source(params, arguments.get("source_uri"))).resolve()) \
+        if "://" not in str(arguments.get("source_uri") or params.data.source) else arguments["source_uri"]
+    pipeline = build_pipeline(params, project_dir)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(Path(pipeline_root).resolve()),
+               raise_on_error=True, enable_caching=enable_caching)
+    start = time.monotonic()
+    try:
+        task = pipeline(**arguments)
+    except RuntimeError as exc:  # kfp.local reports a failed task as RuntimeError; its log is above
+        raise BoneageError(f"the local pipeline run failed: {exc}") from None
+    return LocalRun(outputs=dict(getattr(task, "outputs", {}) or {}), pipeline_root=Path(pipeline_root),
+                    wall_seconds=time.monotonic() - start)
+
+
+def _kfp_error(host: str, exc: Exception | None = None, status: int | None = None) -> BoneageError:
+    status = status or getattr(exc, "status", None)
+    if status in (401, 403):
+        return BoneageError(f"{host}: KFP refused the credentials (HTTP {status}); pass --token or set "
+                            "KF_PIPELINES_SA_TOKEN_PATH, or log in to the cluster's auth proxy")
+    reason = getattr(exc, "reason", None) or str(exc).splitlines()[0][:300]
+    return BoneageError(f"{host}: cannot reach the Kubeflow Pipelines API ({type(exc).__name__}: {reason}); "
+                        "check --host (e.g. http://localhost:8080 after `kubectl port-forward "
+                        "-n kubeflow svc/ml-pipeline-ui 8080:80`)")
+
+
+@dataclass
+class Submission:
+    run_id: str
+    run_url: str
+    experiment_id: str
+    pipeline_id: str
+    version_id: str
+
+
+def submit(params: Params, host: str, package_path: Path, arguments: dict | None = None, experiment: str | None = None,
+           run_name: str | None = None, token: str | None = None, namespace: str | None = None,
+           timeout_seconds: float = 10.0) -> Submission:
+    """Upload the compiled pipeline as a new version (creating the pipeline the first time), start a
+    run in the experiment (created if missing) and return its URL."""
+    import kfp
+    import requests
+    import urllib3
+
+    package_path = Path(package_path)
+    if not package_path.is_file():
+        raise BoneageError(f"{package_path}: no compiled pipeline (run `boneage pipeline compile` first)")
+    host = host.rstrip("/")
+    # Probe first: kfp.Client retries a dead host for minutes before it says anything.
+    try:
+        probe = requests.get(f"{host}/apis/v2beta1/healthz", timeout=timeout_seconds,
+                             headers={"Authorization": f"Bearer {token}"} if token else {})
+    except requests.RequestException as exc:
+        raise _kfp_error(host, exc) from None
+    if probe.status_code in (401, 403):
+        raise _kfp_error(host, status=probe.status_code)
+
+    name = params.kfp.pipeline_name
+    experiment = experiment or params.mlflow.experiment
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    try:
+        client = kfp.Client(host=host, existing_token=token, namespace=namespace)
+        exp = client.create_experiment(experiment, namespace=namespace)  # returns the existing one if present
+        pipeline_id = client.get_pipeline_id(name)
+        if pipeline_id is None:
+            uploaded = client.upload_pipeline(str(package_path), pipeline_name=name, namespace=namespace)
+            pipeline_id = uploaded.pipeline_id
+        version = client.upload_pipeline_version(str(package_path), pipeline_version_name=f"{name}-{stamp}",
+                                                 pipeline_id=pipeline_id)
+        run = client.run_pipeline(experiment_id=exp.experiment_id, job_name=run_name or f"{name}-{stamp}",
+                                  params=arguments or {}, pipeline_id=pipeline_id, version_id=version.pipeline_version_id)
+    except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as exc:
+        raise _kfp_error(host, exc) from None
+    except Exception as exc:  # kfp_server_api.ApiException and friends carry an HTTP status
+        if getattr(exc, "status", None) is not None:
+            raise _kfp_error(host, exc) from None
+        raise
+    return Submission(run.run_id, f"{host}/#/runs/details/{run.run_id}", exp.experiment_id, pipeline_id,
+                      version.pipeline_version_id)
+
+
+def describe(submission: Submission) -> str:
+    return json.dumps(submission.__dict__, indent=2)

@@ -1,0 +1,105 @@
+"""What each Kubeflow component runs: the same library calls as the CLI, with the params given as
+YAML text plus the pipeline's run-time parameters, and artifact folders instead of fixed paths.
+
+The components in ``components/`` call these and nothing else, so a pipeline step and its
+`boneage` CLI twin cannot drift apart. Each returns a :class:`StepOutcome`: a Markdown summary for
+the KFP UI and the metadata to attach to the step's output artifact.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from boneage.config import Params, parse_params
+from boneage.errors import BoneageError
+
+INGEST_QUARANTINE_ROWS = 20  # rows of the quarantine table shown in the KFP UI
+
+
+@dataclass
+class StepOutcome:
+    markdown: str
+    metadata: dict = field(default_factory=dict)
+    run_id: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def write_markdown(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(self.markdown)
+
+
+def load(params_yaml: str, overrides: dict[str, object]) -> Params:
+    """Params from the pipeline's params text; empty run-time values leave params.yaml's choice."""
+    given = {k: v for k, v in overrides.items() if v not in (None, "")}
+    return parse_params(params_yaml, given, source="pipeline parameter params_yaml")
+
+
+def ingest(params: Params, source_uri: str, out_dir: str | Path) -> StepOutcome:
+    from boneage.ingest import ingest as run_ingest
+    from boneage.synth import resolve_source
+
+    result = run_ingest(params, Path(out_dir), source=resolve_source(params, source_uri), bundle_images=True)
+    counts = result.manifest["split"].value_counts().to_dict()
+    lines = [f"# Ingest\n\nSource: `{source_uri or params.data.source}`\n",
+             f"- accepted: **{len(result.manifest)}** images, split {counts}",
+             f"- quarantined: **{len(result.quarantine)}**\n"]
+    if len(result.quarantine):
+        lines.append(result.quarantine.head(INGEST_QUARANTINE_ROWS).to_markdown(index=False))
+    return StepOutcome("\n".join(lines), {"images": len(result.manifest), "quarantined": len(result.quarantine), **counts})
+
+
+def preprocess(params: Params, ingest_dir: str | Path, out_dir: str | Path) -> StepOutcome:
+    from boneage.preprocess import preprocess as run_preprocess
+
+    rows = run_preprocess(params, Path(ingest_dir) / "manifest.csv", Path(out_dir))
+    size = params.preprocess.image_size
+    return StepOutcome(f"# Preprocess\n\n{len(rows)} images cropped to the hand and written as "
+                       f"{size}x{size} TFRecords (contact sheet: `contact_sheet.png` in the dataset).\n",
+                       {"images": len(rows), "image_size": size, "crop": params.preprocess.crop})
+
+
+def train(params: Params, data_dir: str | Path, model_dir: str | Path) -> StepOutcome:
+    from boneage.train import train as run_train
+
+    result = run_train(params, Path(data_dir), Path(model_dir))
+    md = (f"# Train\n\n{params.model.backbone} at {params.preprocess.image_size} px, {result.epochs_run} epochs"
+          f"{f' (resumed after epoch {result.resumed_from_epoch})' if result.resumed_from_epoch else ''}; "
+          f"best validation MAE **{result.best_val_mae:.2f}** months.\n\nMLflow run: `{result.run_id}`\n")
+    return StepOutcome(md, {"mlflow_run_id": result.run_id, "backbone": params.model.backbone,
+                            "best_val_mae_months": result.best_val_mae}, run_id=result.run_id)
+
+
+def _check_run(model_dir: str | Path, run_id: str) -> None:
+    from boneage.tracking import read_run_file
+
+    recorded = read_run_file(Path(model_dir))["run_id"]
+    if run_id and run_id != recorded:
+        raise BoneageError(f"{model_dir}: the model belongs to MLflow run {recorded}, not {run_id}")
+
+
+def evaluate(params: Params, data_dir: str | Path, model_dir: str | Path, out_dir: str | Path, run_id: str) -> StepOutcome:
+    from boneage.evaluate import evaluate as run_evaluate
+    from boneage.report import metrics_table
+
+    _check_run(model_dir, run_id)
+    metrics = run_evaluate(params, Path(data_dir), Path(model_dir), Path(out_dir))
+    flat = {f"{split}_{name}": float(value) for split in ("val", "test")
+            for name, value in metrics[split].items() if isinstance(value, int | float)}
+    baseline = metrics["baseline"].get("predict_the_mean_mae")
+    if baseline:
+        flat["test_predict_the_mean_mae"] = float(baseline)
+    return StepOutcome(f"# Evaluate\n\n```\n{metrics_table(metrics)}\n```\n", {"test_mae": metrics["test"].get("mae")},
+                       run_id=run_id, metrics=flat)
+
+
+def register(params: Params, model_dir: str | Path, evaluation_dir: str | Path, out_dir: str | Path, run_id: str) -> StepOutcome:
+    from boneage.register import register as run_register
+
+    _check_run(model_dir, run_id)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    decision = run_register(params, Path(model_dir), Path(evaluation_dir) / "metrics.json", Path(out_dir) / "registry.json")
+    md = (f"# Register\n\n`{decision['model']}` version **{decision['version']}** is now "
+          f"**{decision['alias']}**: {decision['reason']}.\n\n```json\n{json.dumps(decision, indent=2)}\n```\n")
+    return StepOutcome(md, {k: v for k, v in decision.items() if v is not None}, run_id=run_id)

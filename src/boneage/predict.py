@@ -1,0 +1,212 @@
+"""Bone age for new radiographs: the trained model with its own preprocessing, a calibrated
+prediction interval and, given the chronological age, the Greulich–Pyle SDS.
+
+The same :class:`Predictor` serves `boneage predict`, the MLflow pyfunc (``boneage.serving``) and
+the reports, so a radiograph is prepared exactly as in training wherever it is scored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from boneage.config import PreprocessConfig
+from boneage.errors import BadInputError, BoneageError
+from boneage.imaging import IMAGE_SUFFIXES, Radiograph, read_radiograph
+from boneage.standards import assess
+
+PREDICTOR_FILE = "predictor.json"
+MODEL_FILE = "model.keras"
+# Age limits of the task (RSNA: 0-19 years); outside them a chronological age is a typo.
+MAX_AGE_MONTHS = 240.0
+
+
+def parse_sex(value) -> bool:
+    """M/F, male/female, true/false, 1/0 (any case) -> male?"""
+    text = str(value).strip().lower()
+    if text in ("m", "male", "true", "1"):
+        return True
+    if text in ("f", "female", "false", "0"):
+        return False
+    raise BadInputError(f"sex {value!r} is not M or F")
+
+
+def parse_age(value) -> float | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or str(value).strip() == "":
+        return None
+    try:
+        months = float(value)
+    except (TypeError, ValueError):
+        raise BadInputError(f"chronological age {value!r} is not a number of months") from None
+    if not math.isfinite(months) or not 0 <= months <= MAX_AGE_MONTHS:
+        raise BadInputError(f"chronological age {value!r} months is outside 0-{MAX_AGE_MONTHS:.0f}")
+    return months
+
+
+def years_and_months(months: float) -> str:
+    total = int(round(months))
+    return f"{total // 12} y {total % 12} m"
+
+
+@dataclass
+class PredictorConfig:
+    """What scoring needs besides the weights; written by train next to model.keras."""
+
+    preprocess: dict
+    max_image_pixels: int
+    use_sex: bool
+    interval_level: float
+    interval_halfwidth_months: float
+
+    def preprocess_config(self) -> PreprocessConfig:
+        return PreprocessConfig.model_validate(self.preprocess)
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(self.__dict__, indent=2) + "\n")
+
+    @classmethod
+    def read(cls, path: Path) -> PredictorConfig:
+        if not Path(path).is_file():
+            raise BoneageError(f"{path}: no predictor settings (a model trained before `boneage predict` existed?)")
+        return cls(**json.loads(Path(path).read_text()))
+
+
+def conformal_halfwidth(residuals: np.ndarray, level: float) -> float:
+    """Split-conformal half-width: the ceil((n+1)·level)-th smallest |residual| of held-out data,
+    so that a new case's interval covers its true age with probability >= level."""
+    scores = np.sort(np.abs(np.asarray(residuals, dtype=float)))
+    if len(scores) == 0:
+        return float("nan")
+    rank = min(len(scores), math.ceil((len(scores) + 1) * level))
+    return float(scores[rank - 1])
+
+
+@dataclass
+class Prediction:
+    source: str
+    sex: str | None = None
+    bone_age_months: float | None = None
+    bone_age: str | None = None
+    interval_months: tuple[float, float] | None = None
+    interval_level: float | None = None
+    chronological_age_months: float | None = None
+    assessment: dict | None = None
+    rejected: str | None = None
+    box: tuple[int, int, int, int] | None = None
+    prepared: np.ndarray | None = field(default=None, repr=False)
+
+    def as_dict(self) -> dict:
+        out = {k: v for k, v in self.__dict__.items() if k not in ("prepared",)}
+        if self.interval_months:
+            out["interval_months"] = [round(v, 2) for v in self.interval_months]
+        return out
+
+
+class Predictor:
+    def __init__(self, model, config: PredictorConfig):
+        self.model, self.config = model, config
+        self.preprocess_cfg = config.preprocess_config()
+
+    @classmethod
+    def from_files(cls, model_path: str | Path, config_path: str | Path) -> Predictor:
+        from boneage.model import load_predict_model
+
+        return cls(load_predict_model(Path(model_path)), PredictorConfig.read(Path(config_path)))
+
+    @classmethod
+    def load(cls, where: str) -> Predictor:
+        """A training output folder, or an MLflow model URI (models:/boneage@champion, runs:/...)."""
+        if "://" in where or where.startswith("models:/") or where.startswith("runs:/"):
+            return cls._from_mlflow(where)
+        folder = Path(where)
+        if folder.is_file():
+            folder = folder.parent
+        return cls.from_files(folder / MODEL_FILE, folder / PREDICTOR_FILE)
+
+    @classmethod
+    def _from_mlflow(cls, uri: str) -> Predictor:
+        import mlflow
+        from mlflow.exceptions import MlflowException
+
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+        except (MlflowException, OSError) as exc:
+            raise BoneageError(f"{uri}: cannot fetch the model from MLflow ({mlflow.get_tracking_uri()}): "
+                               f"{str(exc).splitlines()[0]}") from None
+        models = list(local.rglob(MODEL_FILE))
+        configs = list(local.rglob(PREDICTOR_FILE))
+        if not models or not configs:
+            raise BoneageError(f"{uri}: not a boneage model (no {MODEL_FILE} and {PREDICTOR_FILE} inside)")
+        return cls.from_files(models[0], configs[0])
+
+    @property
+    def image_size(self) -> int:
+        return self.preprocess_cfg.image_size
+
+    def prepare(self, radiograph: Radiograph) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+        from boneage.handcrop import prepare
+
+        image, box = prepare(radiograph.pixels, self.preprocess_cfg)
+        return image, (box.x0, box.y0, box.x1, box.y1)
+
+    def predict_prepared(self, images: np.ndarray, males: np.ndarray) -> np.ndarray:
+        batch = {"image": images.reshape(-1, self.image_size, self.image_size, 1).astype(np.uint8),
+                 "male": np.asarray(males, dtype=np.float32).reshape(-1, 1)}
+        return np.asarray(self.model.predict_on_batch(batch)).reshape(-1)
+
+    def score(self, radiograph: Radiograph, source: str, sex=None, chronological_age=None) -> Prediction:
+        """One radiograph to a Prediction; bad input gives a rejected Prediction, not an exception."""
+        result = Prediction(source=source)
+        try:
+            sex = sex if sex not in (None, "") else radiograph.patient_sex
+            if sex in (None, "") and self.config.use_sex:
+                raise BadInputError("sex unknown: pass --sex M or F (the DICOM header has no PatientSex)")
+            male = parse_sex(sex) if sex not in (None, "") else False
+            result.sex = "M" if male else "F"
+            ca = parse_age(chronological_age)
+            if ca is None and radiograph.patient_age_months is not None:
+                ca = parse_age(radiograph.patient_age_months)
+            image, result.box = self.prepare(radiograph)
+        except BadInputError as exc:
+            result.rejected = exc.reason
+            return result
+        months = float(np.clip(self.predict_prepared(image[None], np.array([male]))[0], 0.0, MAX_AGE_MONTHS))
+        half = self.config.interval_halfwidth_months
+        result.prepared = image
+        result.bone_age_months = round(months, 2)
+        result.bone_age = years_and_months(months)
+        result.interval_months = (max(0.0, months - half), min(MAX_AGE_MONTHS, months + half))
+        result.interval_level = self.config.interval_level
+        if ca is not None:
+            result.chronological_age_months = ca
+            result.assessment = assess(months, ca, male).as_dict()
+        return result
+
+
+def expand_inputs(paths: list[Path]) -> list[Path]:
+    """Files as given, folders expanded to the images below them (sorted)."""
+    out: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            out.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            out.append(path)
+    return out
+
+
+def predict_files(predictor: Predictor, paths: list[Path], sex=None, chronological_age=None) -> list[Prediction]:
+    from tqdm import tqdm
+
+    results = []
+    for path in tqdm(expand_inputs(paths), desc="predict", unit="img", disable=len(paths) < 2):
+        try:
+            radiograph = read_radiograph(path, predictor.config.max_image_pixels)
+        except BadInputError as exc:
+            results.append(Prediction(source=str(path), rejected=exc.reason))
+            continue
+        results.append(predictor.score(radiograph, str(path), sex, chronological_age))
+    return results

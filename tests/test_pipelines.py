@@ -1,0 +1,220 @@
+"""Both orchestrations end to end on tiny synthetic data, in a scratch copy of the project, logging
+to the real service stack (MLflow server on PostgreSQL, artifacts in the GCS emulator):
+`dvc repro` (every stage runs, the model is registered, a second repro is a no-op, plots render
+offline, `dvc exp run -S` sweeps), the Kubeflow pipeline under kfp.local (which must agree with DVC
+on the split and the metrics), and the MLflow UI in headless Chromium showing the runs."""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import psycopg2
+import pytest
+import requests
+import yaml
+
+from boneage import gcs, services
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+# CPU training with the same seed on the same records is close to deterministic; allow for
+# float reductions in a different order across processes.
+PARITY_MAE_MONTHS = 1.0
+
+
+def run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, stack) -> tuple[Path, dict, subprocess.CompletedProcess]:
+    """A scratch project with tiny params, after one `dvc repro` logged to the service stack."""
+    work = tmp_path_factory.mktemp("pipelines") / "project"
+    work.mkdir()
+    for name in ("dvc.yaml", "data.dvc"):
+        shutil.copy(REPO / name, work / name)
+    (work / "dvc_plots").mkdir()
+    shutil.copy(REPO / "dvc_plots" / "offline.html", work / "dvc_plots" / "offline.html")
+    (work / "src").symlink_to(REPO / "src")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"]["synthetic"].update({"count": 60, "image_size": 160})
+    params["preprocess"]["image_size"] = 75
+    params["train"].update({"epochs": 2, "steps_per_epoch": None, "batch_size": 16, "bn_recalibration_images": 32})
+    # Orchestration is under test here, not InceptionV3 (tests/model trains that): a small CNN
+    # keeps each of the three pipeline runs to seconds of training.
+    params["model"].update({"backbone": "small_cnn", "head_units": [32]})
+    params["mlflow"]["log_system_metrics"] = False
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
+           "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.org",
+           "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.org", **stack.client_env()}
+    run(["git", "init", "-q"], work, env)
+    run(["dvc", "init", "-q"], work, env)
+    shutil.copy(REPO / ".dvc" / "config", work / ".dvc" / "config")  # the offline plot template
+
+    first = run(["dvc", "repro"], work, env)
+    return work, env, first
+
+
+@pytest.mark.slow
+def test_dvc_repro_end_to_end_then_noop(project):
+    work, env, first = project
+    for stage in ("synth", "ingest", "preprocess", "train", "evaluate", "register"):
+        assert f"Running stage '{stage}'" in first.stdout
+    metrics = json.loads((work / "reports" / "metrics.json").read_text())
+    assert metrics["test"]["n"] > 0 and set(metrics["test"]["by_sex"]) <= {"male", "female"}
+    assert json.loads((work / "reports" / "registry.json").read_text())["alias"] == "champion"
+    assert not (work / "mlruns" / "mlflow.db").exists(), "logged locally instead of to the server"
+
+    second = run(["dvc", "repro"], work, env)
+    assert "Running stage" not in second.stdout
+
+    shown = run(["dvc", "metrics", "show", "--json"], work, env)
+    assert "test" in shown.stdout
+
+    # Plots render offline: vega is inlined, nothing is fetched from a CDN.
+    run(["dvc", "plots", "show", "--out", "rendered"], work, env)
+    page = (work / "rendered" / "index.html").read_text()
+    assert "vegaEmbed" in page and "<script src=" not in page and "cdn.jsdelivr" not in page
+    assert "val_mae_months" in page and "age_band" in page
+
+    # A sweep with `dvc exp run -S`: only the stages the changed param reaches run again.
+    run(["git", "add", "-A"], work, env)
+    run(["git", "commit", "-qm", "baseline"], work, env)
+    sweep = run(["dvc", "exp", "run", "-S", "mlflow.registered_model=boneage-sweep", "-n", "sweep"], work, env)
+    assert "Running stage 'register'" in sweep.stdout and "Running stage 'train'" not in sweep.stdout
+    assert json.loads((work / "reports" / "registry.json").read_text())["model"] == "boneage-sweep"
+    assert "sweep" in run(["dvc", "exp", "show", "--json"], work, env).stdout
+    # Back to the baseline params for the tests that share this project.
+    run(["git", "checkout", "--", "params.yaml"], work, env)
+
+
+@pytest.mark.slow
+def test_kfp_local_run_matches_dvc_repro(project, stack, stack_env, tmp_path):
+    """The same data, params and seed through kfp.local: the same split, the same metrics within
+    a tolerance, the steps' artifacts in place, and one MLflow run holding train and evaluate."""
+    work, env, _ = project
+    root = tmp_path / "kfp"
+    proc = run(["boneage", "pipeline", "run-local", "--project-dir", str(REPO), "--pipeline-root", str(root)], work, env)
+    assert "local pipeline run finished" in proc.stdout
+
+    def artifact(step: str, name: str) -> Path:
+        found = sorted(root.glob(f"*/{step}/{name}"))
+        assert found, f"no {step}/{name} artifact under {root}"
+        return found[-1]
+
+    kfp_manifest = pd.read_csv(artifact("ingest", "dataset") / "manifest.csv", dtype={"id": str})
+    dvc_manifest = pd.read_csv(work / "data" / "ingest" / "manifest.csv", dtype={"id": str})
+    assert kfp_manifest[["id", "split", "boneage", "male"]].equals(dvc_manifest[["id", "split", "boneage", "male"]])
+    # The KFP dataset stands alone: its images travel inside the artifact.
+    assert all((artifact("ingest", "dataset") / p).is_file() for p in kfp_manifest["path"])
+    assert all(p.startswith("images/") for p in kfp_manifest["path"])
+
+    kfp_metrics = json.loads((artifact("evaluate", "evaluation") / "metrics.json").read_text())
+    dvc_metrics = json.loads((work / "reports" / "metrics.json").read_text())
+    assert kfp_metrics["test"]["n"] == dvc_metrics["test"]["n"]
+    for split in ("val", "test"):
+        assert kfp_metrics[split]["mae"] == pytest.approx(dvc_metrics[split]["mae"], abs=PARITY_MAE_MONTHS)
+
+    decision = json.loads((artifact("register", "decision") / "registry.json").read_text())
+    assert decision["alias"] in ("champion", "challenger") and decision["version"] == 2
+    run_id = json.loads((artifact("train", "model") / "run.json").read_text())["run_id"]
+    logged = mlflow.MlflowClient(tracking_uri=stack.mlflow_uri).get_run(run_id).data
+    assert "val_mae_months" in logged.metrics and "test_mae" in logged.metrics
+    assert logged.tags["registry.alias"] == decision["alias"]
+    assert "# Evaluate" in artifact("evaluate", "summary").read_text()
+
+    # Both runs (DVC's and KFP's) live in PostgreSQL, their files in the bucket.
+    dvc_run_id = json.loads((work / "models" / "run.json").read_text())["run_id"]
+    with psycopg2.connect(stack.postgres_dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM runs WHERE run_uuid IN (%s, %s)", (dvc_run_id, run_id))
+        assert cur.fetchone()[0] == 2
+        cur.execute("SELECT count(*) FROM model_versions WHERE name = 'boneage'")
+        assert cur.fetchone()[0] == 2
+    names = [b.name for b in gcs.client().list_blobs(services.ARTIFACT_BUCKET)]
+    for rid in (dvc_run_id, run_id):
+        assert any(f"/{rid}/" in n and n.endswith("metrics.json") for n in names), f"no artifacts of {rid} in the bucket"
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--virtual-time-budget=10000"]
+ARTIFACTS = REPO / "test-artifacts"
+
+
+@contextlib.contextmanager
+def auth_proxy(target: str, auth: tuple[str, str]):
+    """A proxy on 127.0.0.1 that adds basic-auth credentials to every request. Chromium cannot carry
+    them itself: with user:password@ in the page URL, the UI's fetch() calls are refused ("Request
+    cannot be constructed from a URL that includes credentials")."""
+    hop = {"host", "authorization", "accept-encoding", "connection", "content-length", "transfer-encoding",
+           "content-encoding", "keep-alive"}
+
+    class Forward(http.server.BaseHTTPRequestHandler):
+        def _forward(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else None
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in hop}
+            reply = requests.request(self.command, target + self.path, data=body, headers=headers, auth=auth, timeout=60)
+            self.send_response(reply.status_code)
+            for key, value in reply.headers.items():
+                if key.lower() not in hop:
+                    self.send_header(key, value)
+            self.send_header("Content-Length", str(len(reply.content)))
+            self.end_headers()
+            self.wfile.write(reply.content)
+
+        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forward)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+
+
+def chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess:
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert exe, "chromium is missing: `make setup` installs Debian's chromium package"
+    return subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+                          capture_output=True, text=True, timeout=180)
+
+
+@pytest.mark.slow
+def test_mlflow_ui_shows_the_run_and_its_test_mae_in_chromium(project, stack, stack_env, tmp_path):
+    work, _, _ = project
+    run_id = json.loads((work / "models" / "run.json").read_text())["run_id"]
+    run_info = mlflow.MlflowClient(tracking_uri=stack.mlflow_uri).get_run(run_id)
+    test_mae = run_info.data.metrics["test_mae"]
+    # The server requires auth (test_services proves it); the browser goes through auth_proxy.
+    with auth_proxy(stack.mlflow_uri, (services.MLFLOW_ADMIN, stack.password)) as base:
+        # The experiment's runs page lists the run; the run's own page shows its test MAE.
+        runs_page = f"{base}/#/experiments/{run_info.info.experiment_id}/runs"
+        listing = chromium(["--dump-dom", runs_page], tmp_path / "profile-runs")
+        assert listing.returncode == 0, listing.stderr[-2000:]
+        assert run_info.info.run_name in listing.stdout, "the run is not listed on the experiment's runs page"
+        run_page = f"{base}/#/experiments/{run_info.info.experiment_id}/runs/{run_id}"
+        detail = chromium(["--dump-dom", run_page], tmp_path / "profile-run")
+        assert "test_mae" in detail.stdout and f"{test_mae:.2f}"[:-1] in detail.stdout, "the test MAE is not shown"
+
+        ARTIFACTS.mkdir(exist_ok=True)
+        for name, page in (("mlflow-ui-runs.png", runs_page), ("mlflow-ui-run.png", run_page)):
+            shot = ARTIFACTS / name
+            shot.unlink(missing_ok=True)
+            taken = chromium([f"--screenshot={shot}", "--window-size=1600,1200", page], tmp_path / f"profile-{name}")
+            assert taken.returncode == 0 and shot.is_file() and shot.stat().st_size > 10_000, taken.stderr[-2000:]
