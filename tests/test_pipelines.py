@@ -59,7 +59,8 @@ def project(tmp_path_factory, stack) -> tuple[Path, dict, subprocess.CompletedPr
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
            "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.org",
-           "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.org", **stack.client_env()}
+           "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.org", **stack.client_env(),
+           "BONEAGE_TEST_PG_DSN": stack.postgres_dsn}
     run(["git", "init", "-q"], work, env)
     run(["dvc", "init", "-q"], work, env)
     shutil.copy(REPO / ".dvc" / "config", work / ".dvc" / "config")  # the offline plot template
@@ -77,6 +78,16 @@ def test_dvc_repro_end_to_end_then_noop(project):
     assert metrics["test"]["n"] > 0 and set(metrics["test"]["by_sex"]) <= {"male", "female"}
     assert json.loads((work / "reports" / "registry.json").read_text())["alias"] == "champion"
     assert not (work / "mlruns" / "mlflow.db").exists(), "logged locally instead of to the server"
+    # No secret leaks: not into the run's params or tags, not onto the console.
+    run_id = json.loads((work / "models" / "run.json").read_text())["run_id"]
+    password = env["MLFLOW_TRACKING_PASSWORD"]
+    with psycopg2.connect(env["BONEAGE_TEST_PG_DSN"]) as conn, conn.cursor() as cur:
+        cur.execute("SELECT value FROM params WHERE run_uuid = %s UNION ALL SELECT value FROM tags WHERE run_uuid = %s",
+                    (run_id, run_id))
+        logged = [row[0] for row in cur.fetchall()]
+    assert logged and not any(password in str(v) for v in logged)
+    assert password not in first.stdout + first.stderr
+    assert password not in (work / "models" / "run.json").read_text()
 
     second = run(["dvc", "repro"], work, env)
     assert "Running stage" not in second.stdout

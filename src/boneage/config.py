@@ -59,6 +59,10 @@ class DataConfig(_Strict):
     # Larger images are refused as decompression bombs (RSNA films are < 10 Mpx).
     max_image_pixels: Annotated[int, Field(ge=1)] = 60_000_000
     workers: Workers = 0
+    # gs:// sources: parallel downloads, and how long one request keeps retrying (429, 5xx,
+    # timeouts, dropped connections, with exponential backoff) before ingest gives up.
+    download_workers: Annotated[int, Field(ge=1)] = 8
+    download_retry_seconds: Annotated[float, Field(gt=0)] = 120.0
 
     @model_validator(mode="after")
     def _check_bands(self) -> DataConfig:

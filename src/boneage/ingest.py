@@ -134,7 +134,7 @@ def ingest(params: Params, out_dir: Path, source: str | None = None, bundle_imag
     alone (a KFP artifact moves between pods); otherwise the manifest points at the source."""
     source = source or params.data.source
     out_dir.mkdir(parents=True, exist_ok=True)
-    root = materialise(source, out_dir / ".cache")
+    root = materialise(source, out_dir / ".cache", params.data.download_workers, params.data.download_retry_seconds)
     csv_path = _find_label_csv(root)
     cfg = params.data
     with open(csv_path, newline="", encoding="utf-8-sig") as fh:

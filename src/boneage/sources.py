@@ -72,26 +72,26 @@ def _archive_cache_dir(archive: Path, cache_root: Path) -> Path:
     return cache_root / f"{archive.stem}-{key}"
 
 
-def _fetch_gcs(uri: str, cache_root: Path) -> Path:
+def _fetch_gcs(uri: str, cache_root: Path, workers: int, retry_seconds: float) -> Path:
     """Mirror the bucket prefix into the cache (verified and resumable; see boneage.gcs)."""
     from boneage.gcs import download_prefix
 
     target = cache_root / f"gs-{hashlib.sha256(uri.rstrip('/').encode()).hexdigest()[:16]}"
-    download_prefix(uri, target)
+    download_prefix(uri, target, workers=workers, deadline_seconds=retry_seconds)
     return target
 
 
-SOURCE_FETCHERS: dict[str, Callable[[str, Path], Path]] = {"gs": _fetch_gcs}
+SOURCE_FETCHERS: dict[str, Callable[[str, Path, int, float], Path]] = {"gs": _fetch_gcs}
 
 
-def materialise(source: str, cache_root: Path) -> Path:
+def materialise(source: str, cache_root: Path, download_workers: int = 8, download_retry_seconds: float = 120.0) -> Path:
     """Return a local folder holding the dataset named by ``source``."""
     scheme = source.split("://", 1)[0] if "://" in source else ""
     if scheme:
         fetch = SOURCE_FETCHERS.get(scheme)
         if fetch is None:
             raise BoneageError(f"{source}: unsupported source scheme {scheme!r} (use a folder, a .zip or gs://)")
-        return fetch(source, cache_root)
+        return fetch(source, cache_root, download_workers, download_retry_seconds)
     path = Path(source)
     if not path.exists():
         raise BoneageError(f"{source}: source does not exist")

@@ -93,3 +93,15 @@ def test_corrupt_model_file_is_a_clear_error(tmp_path):
     bad.write_bytes(b"not a zip")
     with pytest.raises(BoneageError, match="not a loadable Keras model"):
         load_predict_model(bad)
+
+
+def test_a_model_carrying_code_is_refused_by_safe_mode(tmp_path):
+    import keras
+
+    inputs = keras.Input((2,))
+    # A Lambda layer stores Python bytecode in the file: loading it would run someone's code.
+    outputs = keras.layers.Lambda(lambda x: x * 2.0)(inputs)
+    path = tmp_path / "model.keras"
+    keras.Model(inputs, outputs).save(path)
+    with pytest.raises(BoneageError, match="not a loadable Keras model"):
+        load_predict_model(path)

@@ -214,3 +214,32 @@ def _wait_for(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180)
             pass
         time.sleep(1)
     pytest.fail(f"mlflow models serve did not answer within {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.mark.parametrize(("kind", "expected"), [
+    ("not an image", "REJECTED"), ("truncated PNG", "REJECTED"), ("0x0 image", "REJECTED"),
+    ("decompression bomb", "REJECTED"), ("16-bit PNG", "months"), ("RGBA PNG", "months"),
+])
+def test_predict_bad_and_unusual_inputs(trained, tmp_path, kind, expected):
+    """Each input alone: a clear rejection (exit 1) or, for formats we support, a number."""
+    from tests.code.test_ingest import bomb_png
+
+    good = _synthetic(trained, 1)[0]
+    pixels = cv2.imread(str(good), cv2.IMREAD_GRAYSCALE)
+    path = tmp_path / "input.png"
+    if kind == "not an image":
+        path.write_text("hello")
+    elif kind == "truncated PNG":
+        path.write_bytes(good.read_bytes()[:400])
+    elif kind == "0x0 image":
+        path.write_bytes(bomb_png(0, 0))
+    elif kind == "decompression bomb":
+        path.write_bytes(bomb_png())
+    elif kind == "16-bit PNG":
+        cv2.imwrite(str(path), pixels.astype(np.uint16) * 257)
+    elif kind == "RGBA PNG":
+        cv2.imwrite(str(path), cv2.cvtColor(pixels, cv2.COLOR_GRAY2BGRA))
+    result = CliRunner().invoke(app, ["predict", str(path), "--sex", "F", "--model", str(trained.models)])
+    assert expected in result.stdout, result.output
+    assert result.exit_code == (1 if expected == "REJECTED" else 0)
+    assert "Traceback" not in result.output
