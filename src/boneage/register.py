@@ -50,7 +50,9 @@ def register(params: Params, model_dir: Path, metrics_path: Path, out_path: Path
     version = mlflow.register_model(run["model_uri"], name, tags={
         "run_id": run["run_id"], "test_mae": f"{test_mae:.4f}", **lineage,
     })
-    wins = previous_mae is None or test_mae < previous_mae
+    # Compare at the precision the champion's MAE is stored with (4 decimals): a rerun of the same
+    # recipe ties, and a tie does not take the alias.
+    wins = previous_mae is None or round(test_mae, 4) < round(previous_mae, 4)
     alias = CHAMPION if wins else CHALLENGER
     client.set_registered_model_alias(name, alias, version.version)
     decision = {
