@@ -95,7 +95,7 @@ def _plots(pred: pd.DataFrame, out_dir: Path) -> list[Path]:
     return paths
 
 
-def _flat_metrics(metrics: dict) -> dict[str, float]:
+def flat_metrics(metrics: dict) -> dict[str, float]:
     flat = {}
     for split in EVAL_SPLITS:
         m = metrics.get(split, {})
@@ -154,7 +154,7 @@ def evaluate(params: Params, data_dir: Path, model_dir: Path, out_dir: Path, log
         run = tracking.read_run_file(model_dir)
         tracking.connect(params)
         with mlflow.start_run(run_id=run["run_id"]):
-            mlflow.log_metrics(_flat_metrics(metrics))
+            mlflow.log_metrics(flat_metrics(metrics))
             for path in plots:
                 mlflow.log_artifact(str(path), "plots")
             mlflow.log_artifact(str(out_dir / "metrics.json"), "evaluation")

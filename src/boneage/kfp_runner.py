@@ -60,9 +60,11 @@ def run_local(params: Params, arguments: dict | None = None, pipeline_root: Path
     from boneage.synth import resolve_source
 
     arguments = dict(arguments or {})
-    # The embedded default is generated here, once, and handed to ingest as a folder.
-    arguments["source_uri"] = str(Path(resolve_source(params, arguments.get("source_uri"))).resolve()) \
-        if "://" not in str(arguments.get("source_uri") or params.data.source) else arguments["source_uri"]
+    source = arguments.get("source_uri") or params.data.source
+    if "://" not in source:
+        # A local folder (the embedded default is generated here, once) goes to ingest as an absolute path.
+        source = str(Path(resolve_source(params, source)).resolve())
+    arguments["source_uri"] = source
     pipeline = build_pipeline(params, project_dir)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(Path(pipeline_root).resolve()),
                raise_on_error=True, enable_caching=enable_caching)

@@ -81,15 +81,12 @@ def _check_run(model_dir: str | Path, run_id: str) -> None:
 
 def evaluate(params: Params, data_dir: str | Path, model_dir: str | Path, out_dir: str | Path, run_id: str) -> StepOutcome:
     from boneage.evaluate import evaluate as run_evaluate
+    from boneage.evaluate import flat_metrics
     from boneage.report import metrics_table
 
     _check_run(model_dir, run_id)
     metrics = run_evaluate(params, Path(data_dir), Path(model_dir), Path(out_dir))
-    flat = {f"{split}_{name}": float(value) for split in ("val", "test")
-            for name, value in metrics[split].items() if isinstance(value, int | float)}
-    baseline = metrics["baseline"].get("predict_the_mean_mae")
-    if baseline:
-        flat["test_predict_the_mean_mae"] = float(baseline)
+    flat = {name: float(value) for name, value in flat_metrics(metrics).items()}  # the names MLflow gets
     return StepOutcome(f"# Evaluate\n\n```\n{metrics_table(metrics)}\n```\n", {"test_mae": metrics["test"].get("mae")},
                        run_id=run_id, metrics=flat)
 

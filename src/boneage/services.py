@@ -55,7 +55,7 @@ class Stack:
     @property
     def postgres_uri(self) -> str:
         # SQLAlchemy's default PostgreSQL driver is psycopg 3; the services extra installs psycopg2.
-        return f"postgresql+psycopg2://{PG_USER}:{self.password}@{HOST}:{self.postgres_port}/{PG_DATABASE}"
+        return self.postgres_dsn.replace("postgresql://", "postgresql+psycopg2://", 1)
 
     @property
     def postgres_dsn(self) -> str:

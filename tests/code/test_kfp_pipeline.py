@@ -6,7 +6,6 @@ from __future__ import annotations
 import http.server
 import inspect
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +17,7 @@ from typer.testing import CliRunner
 
 from boneage.cli import app
 from boneage.config import Params, load_params
+from boneage.services import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -161,11 +161,6 @@ def test_dockerfiles_pass_hadolint(dockerfile):
     assert "requirements.lock" in text, "the image must install the same pins as `make setup`"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _submit(tmp_path: Path, host: str):
     package = tmp_path / "p.yaml"
@@ -175,7 +170,7 @@ def _submit(tmp_path: Path, host: str):
 
 
 def test_submit_to_an_unreachable_host_is_a_clear_error(tmp_path):
-    result = _submit(tmp_path, f"http://127.0.0.1:{_free_port()}")
+    result = _submit(tmp_path, f"http://127.0.0.1:{free_port()}")
     assert result.exit_code == 1
     assert "cannot reach the Kubeflow Pipelines API" in result.output and "--host" in result.output
     assert "Traceback" not in result.output

@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 from boneage.cli import app
 from boneage.config import Params
+from boneage.services import free_port
 from boneage.imaging import read_radiograph
 from boneage.predict import Predictor, conformal_halfwidth
 from tests.code.test_preprocess import dicom_file
@@ -164,7 +165,7 @@ def test_dicom_header_supplies_sex_and_age(trained, tmp_path):
 
 @pytest.mark.slow
 def test_rest_round_trip_through_mlflow_models_serve(trained, tmp_path):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": trained.params.mlflow.tracking_uri, "PATH": f"{BIN}:{os.environ['PATH']}"}
     server = subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m", f"runs:/{trained.run_id}/model",
                                "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
@@ -193,13 +194,6 @@ def test_rest_round_trip_through_mlflow_models_serve(trained, tmp_path):
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
 
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_for(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
