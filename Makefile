@@ -3,7 +3,10 @@ SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# Optional parts of the install: `make setup EXTRAS=gpu,services,dev` in a fresh clone on a machine
+# with an NVIDIA GPU (the cpu and gpu builds of TensorFlow do not share one environment).
+EXTRAS ?= cpu,services,dev
+STAMP := $(VENV)/.installed.$(EXTRAS)
 # Debian packages the project needs beyond a stock Python image (installed only when missing).
 # git: DVC and the run's commit; postgresql: the MLflow server's store (make services);
 # chromium: the browser test of the MLflow UI.
@@ -21,13 +24,14 @@ IMAGE ?= $(REGISTRY)/boneage-gpu:$(VERSION)
 IMAGE_CPU ?= $(REGISTRY)/boneage-cpu:$(VERSION)
 PIPELINE_YAML ?= pipeline/boneage-pipeline.yaml
 
-.PHONY: setup system-deps test test-fast demo pipeline plots bench mlflow-ui clean help services services-down image lint-docker compile kfp-local submit
+.PHONY: setup system-deps test test-fast demo pipeline plots bench bench-gpu mlflow-ui clean help services services-down image lint-docker compile kfp-local submit
 
 help:
 	@echo "make setup   install system packages and the pinned Python environment in $(VENV)"
 	@echo "make test    run the whole test suite (slow end-to-end tests included)"
 	@echo "make demo    install, then run the whole pipeline on the embedded synthetic dataset"
-	@echo "make bench   speed benchmarks -> benchmarks/results.{json,md}"
+	@echo "make bench   speed and memory benchmarks -> benchmarks/results.{json,md} and the README"
+	@echo "make bench-gpu   training images/s on an NVIDIA GPU (benchmarks/gpu.sh)"
 	@echo "make mlflow-ui / make plots   look at the runs and the DVC plots"
 	@echo "make image REGISTRY=...   build and push the GPU and CPU images (needs Docker)"
 	@echo "make compile REGISTRY=... / make submit KFP_HOST=...   the Kubeflow pipeline on a cluster"
@@ -47,7 +51,7 @@ $(STAMP): pyproject.toml requirements.lock
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=python3.12"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c requirements.lock -e '.[cpu,services,dev]'
+	$(BIN)/python -m pip install -q -c requirements.lock -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
 setup: system-deps $(STAMP)
@@ -75,9 +79,18 @@ plots: setup
 	dvc plots show --out dvc_plots/render
 
 # Speed measurements; results land in benchmarks/results.json and benchmarks/results.md (shown in the README).
+# About 25 minutes on 2 cores; the real-film benchmarks read ../shared/data/rsna-sample.
+# BENCH_REPEATS=N repeats each measurement N times (default 3) and reports the median.
+BENCHMARKS := bench_synth bench_preprocess bench_input_pipeline bench_memory bench_inference bench_orchestration
 bench: setup
-	$(BIN)/python -m benchmarks.bench_synth
-	$(BIN)/python -m benchmarks.bench_preprocess
+	@set -e; for b in $(BENCHMARKS); do echo "== $$b"; $(BIN)/python -m benchmarks.$$b; done
+	@cat benchmarks/results.md
+
+# Training images/s on an NVIDIA GPU (299 and 512 px, with and without mixed precision).
+bench-gpu:
+	@$(BIN)/python -c "import tensorflow as tf, sys; sys.exit(not tf.config.list_physical_devices('GPU'))" 2>/dev/null || \
+	  { echo "error: TensorFlow sees no GPU here; on a GPU machine: make setup EXTRAS=gpu,services,dev (fresh clone)"; exit 1; }
+	benchmarks/gpu.sh
 
 image:
 	@command -v docker >/dev/null || { echo "error: docker not found: build on a machine with Docker, or hand Dockerfile to Cloud Build or kaniko, tagging $(IMAGE)"; exit 1; }

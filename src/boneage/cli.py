@@ -284,6 +284,9 @@ def pipeline_run_local(
     args = _pipeline_arguments(source, data_version, image_size, epochs, backbone, None, None, mlflow_uri, experiment)
     result = run_local(load_params(params, _overrides(set_)), args, pipeline_root, project_dir, enable_caching=cache)
     typer.echo(f"local pipeline run finished in {result.wall_seconds:.0f} s; artifacts under {result.pipeline_root}")
+    if result.step_seconds:
+        steps = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in result.step_seconds.items())
+        typer.echo(f"steps' own work: {steps}; orchestration overhead {result.overhead_seconds:.0f} s")
 
 
 @pipeline_app.command("submit")

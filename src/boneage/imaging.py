@@ -167,9 +167,10 @@ def read_radiograph(path: str | Path, max_pixels: int) -> Radiograph:
     path = Path(path)
     if not path.is_file():
         raise BadInputError("image file missing")
-    if is_dicom(path):
+    if path.suffix.lower() in DICOM_SUFFIXES:  # a .dcm without the DICM preamble is still DICOM
         return _read_dicom(path, max_pixels)
-    return Radiograph(_read_raster(path.read_bytes(), max_pixels))
+    # One read: the DICOM check looks at the same bytes the decoder gets.
+    return read_radiograph_bytes(path.read_bytes(), max_pixels)
 
 
 def read_radiograph_bytes(data: bytes, max_pixels: int) -> Radiograph:

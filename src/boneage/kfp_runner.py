@@ -10,7 +10,7 @@ import importlib
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from boneage.config import Params
@@ -45,6 +45,25 @@ class LocalRun:
     outputs: dict
     pipeline_root: Path
     wall_seconds: float
+    # Each step's own work (kfp_steps' work_seconds), read back from kfp.local's executor outputs.
+    step_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def overhead_seconds(self) -> float:
+        """What orchestration adds: process starts, imports, artifact copies, kfp.local's own work."""
+        return self.wall_seconds - sum(self.step_seconds.values())
+
+
+def step_work_seconds(run_dir: Path) -> dict[str, float]:
+    """{task: work_seconds} from the executor_output.json that kfp.local leaves in each task's folder."""
+    seconds = {}
+    for output_file in sorted(Path(run_dir).glob("*/executor_output.json")):
+        outputs = json.loads(output_file.read_text()).get("artifacts", {})
+        for artifact_list in outputs.values():
+            for artifact in artifact_list.get("artifacts", []):
+                if "work_seconds" in artifact.get("metadata", {}):
+                    seconds[output_file.parent.name] = float(artifact["metadata"]["work_seconds"])
+    return seconds
 
 
 def _artifact_path(value) -> str:
@@ -68,13 +87,17 @@ def run_local(params: Params, arguments: dict | None = None, pipeline_root: Path
     pipeline = build_pipeline(params, project_dir)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(Path(pipeline_root).resolve()),
                raise_on_error=True, enable_caching=enable_caching)
+    root = Path(pipeline_root)
+    earlier = set(root.iterdir()) if root.is_dir() else set()
     start = time.monotonic()
     try:
         task = pipeline(**arguments)
     except RuntimeError as exc:  # kfp.local reports a failed task as RuntimeError; its log is above
         raise BoneageError(f"the local pipeline run failed: {exc}") from None
-    return LocalRun(outputs=dict(getattr(task, "outputs", {}) or {}), pipeline_root=Path(pipeline_root),
-                    wall_seconds=time.monotonic() - start)
+    wall = time.monotonic() - start
+    this_run = [d for d in root.iterdir() if d.is_dir() and d not in earlier]
+    return LocalRun(outputs=dict(getattr(task, "outputs", {}) or {}), pipeline_root=root, wall_seconds=wall,
+                    step_seconds=step_work_seconds(this_run[0]) if len(this_run) == 1 else {})
 
 
 def _kfp_error(host: str, exc: Exception | None = None, status: int | None = None) -> BoneageError:

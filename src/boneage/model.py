@@ -210,15 +210,19 @@ def batchnorm_layers(model: keras.Model) -> list[layers.BatchNormalization]:
     return found
 
 
-def recalibrate_batchnorm(model: keras.Model, inputs) -> None:
-    """Set BatchNorm moving statistics to the statistics of ``inputs`` (one large batch) under the
-    current weights ("precise BN"). Weights are untouched."""
+def recalibrate_batchnorm(model: keras.Model, batches) -> None:
+    """Set BatchNorm moving statistics to the average of the statistics of ``batches`` (an iterable
+    of input batches) under the current weights: "precise BN" (Wu & Johnson, 2021). Batch by batch
+    rather than one large batch, so memory stays that of one training step (one batch of 128
+    images at 299 px took 16.5 GB). Weights are untouched."""
     bns = [bn for bn in batchnorm_layers(model) if bn.trainable]
     saved = [bn.momentum for bn in bns]
     try:
-        for bn in bns:
-            bn.momentum = 0.0  # moving statistics := this batch's statistics
-        model(inputs, training=True)
+        for seen, inputs in enumerate(batches, start=1):
+            # moving := moving * (k-1)/k + this batch * 1/k: the running mean over the k batches so far.
+            for bn in bns:
+                bn.momentum = (seen - 1) / seen
+            model(inputs, training=True)
     finally:
         for bn, momentum in zip(bns, saved, strict=True):
             bn.momentum = momentum

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,9 @@ from boneage.standards import assess
 
 PREDICTOR_FILE = "predictor.json"
 MODEL_FILE = "model.keras"
+# Images per model call when scoring many files: large enough to amortise the call, small enough
+# that a batch of 299 px images stays well under a GiB of activations.
+DEFAULT_BATCH = 16
 # Age limits of the task (RSNA: 0-19 years); outside them a chronological age is a typo.
 MAX_AGE_MONTHS = 240.0
 
@@ -158,8 +162,8 @@ class Predictor:
                  "male": np.asarray(males, dtype=np.float32).reshape(-1, 1)}
         return np.asarray(self.model.predict_on_batch(batch)).reshape(-1)
 
-    def score(self, radiograph: Radiograph, source: str, sex=None, chronological_age=None) -> Prediction:
-        """One radiograph to a Prediction; bad input gives a rejected Prediction, not an exception."""
+    def admit(self, radiograph: Radiograph, source: str, sex=None, chronological_age=None) -> _Admitted:
+        """Check the request and prepare the image; bad input gives a rejected Prediction."""
         result = Prediction(source=source)
         try:
             sex = sex if sex not in (None, "") else radiograph.patient_sex
@@ -173,18 +177,44 @@ class Predictor:
             image, result.box = self.prepare(radiograph)
         except BadInputError as exc:
             result.rejected = exc.reason
-            return result
-        months = float(np.clip(self.predict_prepared(image[None], np.array([male]))[0], 0.0, MAX_AGE_MONTHS))
-        half = self.config.interval_halfwidth_months
-        result.prepared = image
+            return _Admitted(result)
+        return _Admitted(result, image, male, ca)
+
+    def _complete(self, admitted: _Admitted, months: float) -> Prediction:
+        result, half = admitted.result, self.config.interval_halfwidth_months
+        months = float(np.clip(months, 0.0, MAX_AGE_MONTHS))
+        result.prepared = admitted.image
         result.bone_age_months = round(months, 2)
         result.bone_age = years_and_months(months)
         result.interval_months = (max(0.0, months - half), min(MAX_AGE_MONTHS, months + half))
         result.interval_level = self.config.interval_level
-        if ca is not None:
-            result.chronological_age_months = ca
-            result.assessment = assess(months, ca, male).as_dict()
+        if admitted.chronological_age is not None:
+            result.chronological_age_months = admitted.chronological_age
+            result.assessment = assess(months, admitted.chronological_age, admitted.male).as_dict()
         return result
+
+    def finish(self, admitted: list[_Admitted]) -> list[Prediction]:
+        """Run the model once over every admitted image (one batch) and complete the predictions."""
+        ready = [a for a in admitted if a.image is not None]
+        if ready:
+            months = self.predict_prepared(np.stack([a.image for a in ready]), np.array([a.male for a in ready]))
+            for a, m in zip(ready, months, strict=True):
+                self._complete(a, float(m))
+        return [a.result for a in admitted]
+
+    def score(self, radiograph: Radiograph, source: str, sex=None, chronological_age=None) -> Prediction:
+        """One radiograph to a Prediction; bad input gives a rejected Prediction, not an exception."""
+        return self.finish([self.admit(radiograph, source, sex, chronological_age)])[0]
+
+
+@dataclass
+class _Admitted:
+    """A request past its checks: the prepared image waits for the model (None when rejected)."""
+
+    result: Prediction
+    image: np.ndarray | None = None
+    male: bool = False
+    chronological_age: float | None = None
 
 
 def expand_inputs(paths: list[Path]) -> list[Path]:
@@ -198,15 +228,30 @@ def expand_inputs(paths: list[Path]) -> list[Path]:
     return out
 
 
-def predict_files(predictor: Predictor, paths: list[Path], sex=None, chronological_age=None) -> list[Prediction]:
+def _read_and_admit(predictor: Predictor, path: Path, sex, chronological_age) -> _Admitted:
+    try:
+        radiograph = read_radiograph(path, predictor.config.max_image_pixels)
+    except BadInputError as exc:
+        return _Admitted(Prediction(source=str(path), rejected=exc.reason))
+    return predictor.admit(radiograph, str(path), sex, chronological_age)
+
+
+def predict_files(predictor: Predictor, paths: list[Path], sex=None, chronological_age=None,
+                  batch_size: int = DEFAULT_BATCH, workers: int = 0) -> list[Prediction]:
+    """Predictions in input order. Files are read and prepared on a thread pool (OpenCV releases
+    the GIL while it decodes and resizes) and scored ``batch_size`` at a time: one model call per
+    batch instead of one per image."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm import tqdm
 
-    results = []
-    for path in tqdm(expand_inputs(paths), desc="predict", unit="img", disable=len(paths) < 2):
-        try:
-            radiograph = read_radiograph(path, predictor.config.max_image_pixels)
-        except BadInputError as exc:
-            results.append(Prediction(source=str(path), rejected=exc.reason))
-            continue
-        results.append(predictor.score(radiograph, str(path), sex, chronological_age))
+    files = expand_inputs(paths)
+    results: list[Prediction] = []
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool, \
+            tqdm(total=len(files), desc="predict", unit="img", disable=len(files) < 2) as bar:
+        for first in range(0, len(files), batch_size):
+            chunk = files[first : first + batch_size]
+            admitted = list(pool.map(lambda p: _read_and_admit(predictor, p, sex, chronological_age), chunk))
+            results.extend(predictor.finish(admitted))
+            bar.update(len(chunk))
     return results

@@ -29,10 +29,11 @@ def _bad_request(message: str):
 def score_records(predictor, frame: pd.DataFrame) -> pd.DataFrame:
     from boneage.errors import BadInputError
     from boneage.imaging import read_radiograph_bytes
+    from boneage.predict import DEFAULT_BATCH
 
     if "image" not in frame.columns:
         raise _bad_request("the request needs an 'image' column: base64 of the radiograph's bytes")
-    rows = []
+    admitted = []
     for i, record in enumerate(frame.to_dict("records")):
         try:
             raw = base64.b64decode(str(record.get("image") or ""), validate=True)
@@ -42,9 +43,15 @@ def score_records(predictor, frame: pd.DataFrame) -> pd.DataFrame:
             radiograph = read_radiograph_bytes(raw, predictor.config.max_image_pixels)
         except BadInputError as exc:
             raise _bad_request(f"row {i}: {exc.reason}") from None
-        result = predictor.score(radiograph, f"row {i}", record.get("sex"), record.get("chronological_age_months"))
-        if result.rejected:
-            raise _bad_request(f"row {i}: {result.rejected}")
+        ready = predictor.admit(radiograph, f"row {i}", record.get("sex"), record.get("chronological_age_months"))
+        if ready.result.rejected:
+            raise _bad_request(f"row {i}: {ready.result.rejected}")
+        admitted.append(ready)
+    results = []
+    for first in range(0, len(admitted), DEFAULT_BATCH):  # one model call per batch of rows
+        results.extend(predictor.finish(admitted[first : first + DEFAULT_BATCH]))
+    rows = []
+    for result in results:
         low, high = result.interval_months
         assessment = result.assessment or {}
         rows.append({"bone_age_months": result.bone_age_months, "bone_age": result.bone_age,

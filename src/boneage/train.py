@@ -107,16 +107,15 @@ class _EpochEnd(keras.callbacks.Callback):
 
 class _PreciseBatchNorm(keras.callbacks.Callback):
     """After the last training step of each epoch, before validation runs, re-estimate the
-    BatchNorm statistics on one large batch of un-augmented training images."""
+    BatchNorm statistics over ``batches`` batches of un-augmented training images."""
 
-    def __init__(self, images, steps_per_epoch: int):
+    def __init__(self, images: tf.data.Dataset, batches: int, steps_per_epoch: int):
         super().__init__()
-        self.images, self.steps = images, steps_per_epoch
+        self.images, self.batches, self.steps = images, batches, steps_per_epoch
 
     def on_train_batch_end(self, batch, logs=None):
         if batch == self.steps - 1:
-            inputs, _ = next(iter(self.images))
-            recalibrate_batchnorm(self.model, inputs)
+            recalibrate_batchnorm(self.model, (inputs for inputs, _ in self.images.take(self.batches)))
 
 
 def _learning_rate(params: Params, peak: float, steps: int):
@@ -127,7 +126,7 @@ def _learning_rate(params: Params, peak: float, steps: int):
     return peak
 
 
-def _compile(model: keras.Model, params: Params, learning_rate, target_sd: float) -> None:
+def compile_model(model: keras.Model, params: Params, learning_rate, target_sd: float) -> None:
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss=make_loss(params.train.loss, params.train.huber_delta),
@@ -177,11 +176,12 @@ def train(params: Params, data_dir: Path, out_dir: Path) -> TrainResult:
                             training=True, augment=tcfg.augment, shuffle_buffer=tcfg.shuffle_buffer, seed=params.seed)
     val_ds = make_dataset(data_dir, "val", size, tcfg.batch_size, target_mean=target_mean, target_sd=target_sd)
     steps = tcfg.steps_per_epoch or max(1, -(-n_train // tcfg.batch_size))
-    recal_batches = None
+    recal_batches, recal_count = None, 0
     if tcfg.bn_recalibration_images:
-        recal_batches = make_dataset(data_dir, "train", size, min(tcfg.bn_recalibration_images, n_train),
-                                     target_mean=target_mean, target_sd=target_sd, training=True, augment=None,
-                                     seed=params.seed + 1, shuffle_buffer=tcfg.shuffle_buffer)
+        recal_batch = min(tcfg.batch_size, tcfg.bn_recalibration_images, n_train)
+        recal_count = -(-min(tcfg.bn_recalibration_images, n_train) // recal_batch)
+        recal_batches = make_dataset(data_dir, "train", size, recal_batch, target_mean=target_mean, target_sd=target_sd,
+                                     training=True, augment=None, seed=params.seed + 1, shuffle_buffer=tcfg.shuffle_buffer)
 
     resumed = _load_checkpoint(ckpt_dir, fingerprint)
     history_path = ckpt_dir / HISTORY_FILE
@@ -227,9 +227,9 @@ def train(params: Params, data_dir: Path, out_dir: Path) -> TrainResult:
             continuing = resumed is not None and start_epoch > first and resumed[1]["phase"] == phase
             if not continuing:
                 model.backbone.trainable = backbone_trainable
-                _compile(model.train, params, _learning_rate(params, lr, (last - first) * steps), target_sd)
+                compile_model(model.train, params, _learning_rate(params, lr, (last - first) * steps), target_sd)
             callbacks = [
-                *([_PreciseBatchNorm(recal_batches, steps)] if recal_batches is not None else []),
+                *([_PreciseBatchNorm(recal_batches, recal_count, steps)] if recal_batches is not None else []),
                 _EpochEnd(ckpt_dir, fingerprint, history_path, phase, deadline),
             ]
             if tcfg.lr_schedule == "plateau":

@@ -7,10 +7,13 @@ import csv
 import cv2
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from boneage.config import Params, PreprocessConfig
 from boneage.errors import BadInputError
-from boneage.handcrop import Box, locate_hand, prepare
+from boneage.handcrop import Box, locate_hand, normalise_contrast, prepare, uint8_percentile
 from boneage.imaging import read_radiograph
 from tests.conftest import FIXTURES, RSNA_SAMPLE, require
 
@@ -107,6 +110,21 @@ def test_prepare_is_square_uint8_and_keeps_aspect():
     # The crop is taller than wide, so padding shows as black columns at both sides.
     assert img[:, :5].max() == 0 and img[:, -5:].max() == 0
     assert img[64, 64] > 100
+
+
+@settings(max_examples=200, deadline=None)
+@given(pixels=hnp.arrays(np.uint8, st.integers(1, 500)), percent=st.floats(0, 100))
+def test_histogram_percentile_equals_numpy(pixels, percent):
+    assert uint8_percentile(pixels, percent) == pytest.approx(np.percentile(pixels, percent), abs=1e-9)
+
+
+def test_windowing_by_lookup_table_equals_the_arithmetic():
+    """8-bit films are windowed through a 256-entry table; 16-bit ones pixel by pixel: same output."""
+    film = hand_like(dtype=np.uint8)
+    content = np.ones(film.shape, bool)
+    content[:, :20] = False
+    cfg = PreprocessConfig(clahe_clip_limit=0.0)
+    assert np.array_equal(normalise_contrast(film, content, cfg), normalise_contrast(film.astype(np.uint16), content, cfg))
 
 
 def _sample_boxes():

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 
 from boneage.config import ModelConfig, Params, apply_preset
 from boneage.errors import BoneageError
-from boneage.model import build_backbone, build_model, load_predict_model
+from boneage.model import build_backbone, build_model, load_predict_model, recalibrate_batchnorm
 
 SIZE = 75  # InceptionV3's smallest input keeps these tests fast
 
@@ -105,3 +106,16 @@ def test_a_model_carrying_code_is_refused_by_safe_mode(tmp_path):
     keras.Model(inputs, outputs).save(path)
     with pytest.raises(BoneageError, match="not a loadable Keras model"):
         load_predict_model(path)
+
+
+def test_precise_batchnorm_averages_the_statistics_of_every_batch():
+    inputs = keras.Input((2,))
+    model = keras.Model(inputs, keras.layers.BatchNormalization(momentum=0.9)(inputs))
+    batches = [np.full((4, 2), level, np.float32) + np.array([[0.0, 1.0]] * 2 + [[2.0, 3.0]] * 2, np.float32)
+               for level in (0.0, 10.0, 50.0)]
+    recalibrate_batchnorm(model, iter(batches))
+    bn = model.layers[-1]
+    # Batch means: (1, 2) + level; the average over the three levels (0, 10, 50) adds 20.
+    np.testing.assert_allclose(bn.moving_mean.numpy(), [21.0, 22.0], rtol=1e-6)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), [1.0, 1.0], rtol=1e-5)  # each batch's own spread
+    assert bn.momentum == 0.9  # restored

@@ -1,0 +1,84 @@
+"""Input pipeline vs. model: training images/s fed from the TFRecords through the real tf.data
+pipeline (decode, shuffle, augmentation, prefetch) divided by images/s fed from one batch of
+tensors already in memory, with the same model, batch and compiled train step. The runs of the two
+alternate; the figure is the median of the pairs' ratios. Goal: at least 0.95."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import keras
+import tensorflow as tf
+
+from benchmarks.common import REPEATS, bench_params, prepared_synthetic, record, rounded, verdict
+from boneage.dataset import make_dataset
+from boneage.model import build_model
+from boneage.train import compile_model, target_stats
+
+GOAL = 0.95
+IMAGES = 400  # 280 training images: shuffled, augmented and decoded anew on every pass
+TIMED_STEPS = 15
+PAIRS = 5
+
+
+class _StepClock(keras.callbacks.Callback):
+    """Wall time from the end of the first batch to the end of the last: the steady state, without
+    the iterator's start-up (a real run pays that once, not every step)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = time.perf_counter()
+        if batch == 0:
+            self.start = now
+        self.end, self.batches = now, batch
+
+
+def images_per_second(model: keras.Model, dataset: tf.data.Dataset, batch_size: int) -> float:
+    clock = _StepClock()
+    model.fit(dataset, epochs=1, steps_per_epoch=TIMED_STEPS + 1, callbacks=[clock], verbose=0)
+    return clock.batches * batch_size / (clock.end - clock.start)
+
+
+def main() -> None:
+    import pandas as pd
+
+    params = bench_params()
+    size, tcfg = params.preprocess.image_size, params.train
+    data = prepared_synthetic(IMAGES, size)
+    mean, sd = target_stats(pd.read_csv(data / "manifest.csv"))
+    keras.utils.set_random_seed(params.seed)
+    model = build_model(params.model, size, mean, sd).train
+    compile_model(model, params, tcfg.learning_rate, sd)
+
+    pipeline = make_dataset(data, "train", size, tcfg.batch_size, target_mean=mean, target_sd=sd, training=True,
+                            augment=tcfg.augment, shuffle_buffer=tcfg.shuffle_buffer, seed=params.seed)
+    # The same kind of batch, decoded once and held as tensors: what the model runs at with no input cost.
+    one_batch = next(iter(pipeline))
+    in_memory = tf.data.Dataset.from_tensors(one_batch).repeat()
+
+    for ds in (pipeline, in_memory):  # trace the train step for both input signatures
+        model.fit(ds, epochs=1, steps_per_epoch=2, verbose=0)
+    runs: dict[str, list[float]] = {"tfrecord_pipeline": [], "in_memory": []}
+    for _ in range(max(REPEATS, PAIRS)):
+        runs["tfrecord_pipeline"].append(images_per_second(model, pipeline, tcfg.batch_size))
+        runs["in_memory"].append(images_per_second(model, in_memory, tcfg.batch_size))
+    rate = {k: statistics.median(v) for k, v in runs.items()}
+    # The ratio of each side-by-side pair, then their median: a slow spell of the machine (seen here:
+    # 15% between minutes) falls on both halves of a pair instead of on one side of the comparison.
+    pair_ratios = [a / b for a, b in zip(runs["tfrecord_pipeline"], runs["in_memory"], strict=True)]
+    ratio = statistics.median(pair_ratios)
+    record("input_pipeline", {
+        "title": f"Input pipeline vs. in-memory tensors ({params.model.backbone}, {size} px, batch {tcfg.batch_size})",
+        "image_size": size, "batch_size": tcfg.batch_size, "timed_steps": TIMED_STEPS,
+        "img_s": {k: round(v, 2) for k, v in rate.items()}, "ratio": round(ratio, 3),
+        "runs": {k: rounded(v, 2) for k, v in runs.items()}, "pair_ratios": rounded(pair_ratios, 3),
+        "summary": (f"{rate['tfrecord_pipeline']:.1f} img/s from TFRecords with augmentation vs "
+                    f"{rate['in_memory']:.1f} img/s from memory (medians); median ratio of the "
+                    f"{len(pair_ratios)} side-by-side pairs {ratio:.2f}"),
+        "goal": f">= {GOAL}", "verdict": verdict(ratio >= GOAL),
+    })
+    print({k: round(v, 2) for k, v in rate.items()}, f"ratio {ratio:.3f}")
+
+
+if __name__ == "__main__":
+    main()

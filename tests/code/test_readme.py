@@ -1,0 +1,24 @@
+"""The README is the user's manual: its benchmark table is the one `make bench` last wrote."""
+
+from __future__ import annotations
+
+import json
+
+from benchmarks.common import README, README_END, README_START, RESULTS, RESULTS_MD, markdown_table
+
+
+def test_readme_shows_the_benchmark_table_that_make_bench_wrote():
+    text = README.read_text()
+    shown = text[text.index(README_START) + len(README_START) : text.index(README_END)].strip()
+    assert shown == RESULTS_MD.read_text().strip()
+    assert shown == markdown_table(json.loads(RESULTS.read_text())).strip()
+
+
+def test_every_benchmark_records_the_machine_its_runs_and_a_verdict():
+    results = json.loads(RESULTS.read_text())
+    machine = results.pop("machine")
+    assert machine["cores"] and machine["cpu"] and machine["tensorflow"] and machine["date"]
+    for name, result in results.items():
+        assert result["runs"], f"{name}: no runs recorded"
+        has_goal = not result["goal"].startswith("measured")
+        assert result["verdict"] in (("met", "missed") if has_goal else ("",)), name
