@@ -193,12 +193,14 @@ class Predictor:
             result.assessment = assess(months, admitted.chronological_age, admitted.male).as_dict()
         return result
 
-    def finish(self, admitted: list[_Admitted]) -> list[Prediction]:
-        """Run the model once over every admitted image (one batch) and complete the predictions."""
+    def finish(self, admitted: list[_Admitted], batch_size: int = DEFAULT_BATCH) -> list[Prediction]:
+        """Run the model over the admitted images, one call per ``batch_size`` of them, and complete
+        the predictions (rejected ones pass through in place)."""
         ready = [a for a in admitted if a.image is not None]
-        if ready:
-            months = self.predict_prepared(np.stack([a.image for a in ready]), np.array([a.male for a in ready]))
-            for a, m in zip(ready, months, strict=True):
+        for first in range(0, len(ready), batch_size):
+            batch = ready[first : first + batch_size]
+            months = self.predict_prepared(np.stack([a.image for a in batch]), np.array([a.male for a in batch]))
+            for a, m in zip(batch, months, strict=True):
                 self._complete(a, float(m))
         return [a.result for a in admitted]
 
@@ -252,6 +254,6 @@ def predict_files(predictor: Predictor, paths: list[Path], sex=None, chronologic
         for first in range(0, len(files), batch_size):
             chunk = files[first : first + batch_size]
             admitted = list(pool.map(lambda p: _read_and_admit(predictor, p, sex, chronological_age), chunk))
-            results.extend(predictor.finish(admitted))
+            results.extend(predictor.finish(admitted, batch_size))
             bar.update(len(chunk))
     return results

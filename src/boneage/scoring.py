@@ -29,7 +29,6 @@ def _bad_request(message: str):
 def score_records(predictor, frame: pd.DataFrame) -> pd.DataFrame:
     from boneage.errors import BadInputError
     from boneage.imaging import read_radiograph_bytes
-    from boneage.predict import DEFAULT_BATCH
 
     if "image" not in frame.columns:
         raise _bad_request("the request needs an 'image' column: base64 of the radiograph's bytes")
@@ -47,11 +46,8 @@ def score_records(predictor, frame: pd.DataFrame) -> pd.DataFrame:
         if ready.result.rejected:
             raise _bad_request(f"row {i}: {ready.result.rejected}")
         admitted.append(ready)
-    results = []
-    for first in range(0, len(admitted), DEFAULT_BATCH):  # one model call per batch of rows
-        results.extend(predictor.finish(admitted[first : first + DEFAULT_BATCH]))
     rows = []
-    for result in results:
+    for result in predictor.finish(admitted):  # one model call per batch of rows
         low, high = result.interval_months
         assessment = result.assessment or {}
         rows.append({"bone_age_months": result.bone_age_months, "bone_age": result.bone_age,
