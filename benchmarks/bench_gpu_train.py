@@ -17,8 +17,7 @@ import keras
 import pandas as pd
 import tensorflow as tf
 
-from benchmarks.bench_input_pipeline import _StepClock
-from benchmarks.common import REPEATS, bench_params, prepared_synthetic, record, rounded
+from benchmarks.common import REPEATS, bench_params, fit_images_per_second, prepared_synthetic, record, rounded
 from boneage.dataset import make_dataset
 from boneage.model import build_model
 from boneage.train import compile_model, target_stats
@@ -45,11 +44,7 @@ def images_per_second(size: int, mixed: bool, images: int, steps: int, film_px: 
     ds = make_dataset(data, "train", size, batch, target_mean=mean, target_sd=sd, training=True,
                       augment=params.train.augment, shuffle_buffer=params.train.shuffle_buffer, seed=params.seed)
     model.fit(ds, epochs=1, steps_per_epoch=3, verbose=0)  # build and trace
-    rates = []
-    for _ in range(REPEATS):
-        clock = _StepClock()
-        model.fit(ds, epochs=1, steps_per_epoch=steps + 1, callbacks=[clock], verbose=0)
-        rates.append(clock.batches * batch / (clock.end - clock.start))
+    rates = [fit_images_per_second(model, ds, batch, steps) for _ in range(REPEATS)]
     keras.backend.clear_session()
     return rates
 

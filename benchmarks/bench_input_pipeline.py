@@ -13,7 +13,7 @@ import time
 import keras
 import tensorflow as tf
 
-from benchmarks.common import REPEATS, bench_params, prepared_synthetic, record, rounded, verdict
+from benchmarks.common import REPEATS, bench_params, fit_images_per_second, prepared_synthetic, record, rounded, verdict
 from boneage.dataset import make_dataset
 from boneage.model import build_model
 from boneage.train import compile_model, target_stats
@@ -23,23 +23,6 @@ IMAGES = 400  # 280 training images: shuffled, augmented and decoded anew on eve
 TIMED_STEPS = 15
 PAIRS = 6
 PIPELINE_ALONE_BATCHES = 100
-
-
-class _StepClock(keras.callbacks.Callback):
-    """Wall time from the end of the first batch to the end of the last: the steady state, without
-    the iterator's start-up (a real run pays that once, not every step)."""
-
-    def on_train_batch_end(self, batch, logs=None):
-        now = time.perf_counter()
-        if batch == 0:
-            self.start = now
-        self.end, self.batches = now, batch
-
-
-def images_per_second(model: keras.Model, dataset: tf.data.Dataset, batch_size: int) -> float:
-    clock = _StepClock()
-    model.fit(dataset, epochs=1, steps_per_epoch=TIMED_STEPS + 1, callbacks=[clock], verbose=0)
-    return clock.batches * batch_size / (clock.end - clock.start)
 
 
 def pipeline_images_per_second(dataset: tf.data.Dataset, batch_size: int) -> float:
@@ -76,7 +59,7 @@ def main() -> None:
     for pair in range(max(REPEATS, PAIRS)):
         # Which half goes first alternates, so a drift of the machine within a pair cancels out.
         for name in (list(datasets) if pair % 2 == 0 else list(datasets)[::-1]):
-            runs[name].append(images_per_second(model, datasets[name], tcfg.batch_size))
+            runs[name].append(fit_images_per_second(model, datasets[name], tcfg.batch_size, TIMED_STEPS))
     alone = statistics.median(pipeline_images_per_second(pipeline, tcfg.batch_size) for _ in range(REPEATS))
     rate = {k: statistics.median(v) for k, v in runs.items()}
     # The ratio of each side-by-side pair, then their median: a slow spell of the machine (seen here:

@@ -60,6 +60,24 @@ def median_rate(fn, items: int, repeats: int = REPEATS) -> tuple[float, list[flo
     return statistics.median(rates), rates
 
 
+def fit_images_per_second(model, dataset, batch_size: int, steps: int) -> float:
+    """Training images/s of ``model.fit`` over ``steps`` batches, timed from the end of its first
+    batch to the end of its last: the steady state, without the iterator's start-up (a real run pays
+    that once, not every step)."""
+    import keras  # here, not at the top: the table and the CPU-only benchmarks need no TensorFlow
+
+    class StepClock(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            now = time.perf_counter()
+            if batch == 0:
+                self.start = now
+            self.end, self.batches = now, batch
+
+    clock = StepClock()
+    model.fit(dataset, epochs=1, steps_per_epoch=steps + 1, callbacks=[clock], verbose=0)
+    return clock.batches * batch_size / (clock.end - clock.start)
+
+
 def rounded(values, digits: int = 1) -> list[float]:
     return [round(float(v), digits) for v in values]
 

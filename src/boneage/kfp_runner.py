@@ -85,9 +85,9 @@ def run_local(params: Params, arguments: dict | None = None, pipeline_root: Path
         source = str(Path(resolve_source(params, source)).resolve())
     arguments["source_uri"] = source
     pipeline = build_pipeline(params, project_dir)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(Path(pipeline_root).resolve()),
+    root = Path(pipeline_root).resolve()
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
                raise_on_error=True, enable_caching=enable_caching)
-    root = Path(pipeline_root)
     earlier = set(root.iterdir()) if root.is_dir() else set()
     start = time.monotonic()
     try:

@@ -213,10 +213,12 @@ def batchnorm_layers(model: keras.Model) -> list[layers.BatchNormalization]:
 
 def recalibrate_batchnorm(model: keras.Model, batches) -> None:
     """Set BatchNorm moving statistics to the statistics of all the images in ``batches`` (an
-    iterable of input batches) under the current weights ("precise BN"). Batch by batch rather than
-    one large batch, so memory stays that of one training step (one batch of 128 images at 299 px
-    took 16.5 GB); pooled exactly, so the result equals one large batch of equal-sized batches.
-    Weights are untouched."""
+    iterable of input batches) under the current weights ("precise BN"). Weights are untouched.
+
+    Several batches bound the memory (one batch of 128 images at 299 px took 16.5 GB). Each layer's
+    statistics are pooled exactly over the batches, but within a pass the earlier layers are
+    normalised by that batch's own statistics, so for a deep network several small batches are an
+    approximation of one large batch, not equal to it (``train.bn_recalibration_batch_size``)."""
     bns = [bn for bn in batchnorm_layers(model) if bn.trainable]
     saved = [bn.momentum for bn in bns]
     sums = [[0.0, 0.0] for _ in bns]  # per layer: sum of batch means, sum of (variance + mean^2)
@@ -231,7 +233,7 @@ def recalibrate_batchnorm(model: keras.Model, batches) -> None:
                 mean = bn.moving_mean.numpy()
                 acc[0] = acc[0] + mean
                 acc[1] = acc[1] + bn.moving_variance.numpy() + mean**2
-        if seen:
+        if seen > 1:  # one batch already left its own statistics: nothing to pool
             # Pooled: E[x] is the mean of the batch means; Var[x] = E[var + mean^2] - E[x]^2, which
             # keeps the spread between batches that an average of variances would drop.
             for bn, (mean_sum, square_sum) in zip(bns, sums, strict=True):

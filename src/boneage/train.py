@@ -178,8 +178,9 @@ def train(params: Params, data_dir: Path, out_dir: Path) -> TrainResult:
     steps = tcfg.steps_per_epoch or max(1, -(-n_train // tcfg.batch_size))
     recal_batches, recal_count = None, 0
     if tcfg.bn_recalibration_images:
-        recal_batch = min(tcfg.batch_size, tcfg.bn_recalibration_images, n_train)
-        recal_count = -(-min(tcfg.bn_recalibration_images, n_train) // recal_batch)
+        recal_images = min(tcfg.bn_recalibration_images, n_train)
+        recal_batch = min(tcfg.bn_recalibration_batch_size or recal_images, recal_images)
+        recal_count = -(-recal_images // recal_batch)
         recal_batches = make_dataset(data_dir, "train", size, recal_batch, target_mean=target_mean, target_sd=target_sd,
                                      training=True, augment=None, seed=params.seed + 1, shuffle_buffer=tcfg.shuffle_buffer)
 
