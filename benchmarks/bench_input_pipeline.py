@@ -60,7 +60,8 @@ def main() -> None:
         # Which half goes first alternates, so a drift of the machine within a pair cancels out.
         for name in (list(datasets) if pair % 2 == 0 else list(datasets)[::-1]):
             runs[name].append(fit_images_per_second(model, datasets[name], tcfg.batch_size, TIMED_STEPS))
-    alone = statistics.median(pipeline_images_per_second(pipeline, tcfg.batch_size) for _ in range(REPEATS))
+    alone_runs = [pipeline_images_per_second(pipeline, tcfg.batch_size) for _ in range(REPEATS)]
+    alone = statistics.median(alone_runs)
     rate = {k: statistics.median(v) for k, v in runs.items()}
     # The ratio of each side-by-side pair, then their median: a slow spell of the machine (seen here:
     # 15% between minutes) falls on both halves of a pair instead of on one side of the comparison.
@@ -70,7 +71,7 @@ def main() -> None:
         "title": f"Input pipeline vs. in-memory tensors ({params.model.backbone}, {size} px, batch {tcfg.batch_size})",
         "image_size": size, "batch_size": tcfg.batch_size, "timed_steps": TIMED_STEPS,
         "img_s": {k: round(v, 2) for k, v in rate.items()}, "ratio": round(ratio, 3),
-        "pipeline_alone_img_s": round(alone, 1),
+        "pipeline_alone_img_s": round(alone, 1), "pipeline_alone_runs": rounded(alone_runs, 1),
         "runs": {k: rounded(v, 2) for k, v in runs.items()}, "pair_ratios": rounded(pair_ratios, 3),
         "summary": (f"{rate['tfrecord_pipeline']:.1f} img/s from TFRecords with augmentation vs "
                     f"{rate['in_memory']:.1f} img/s from memory (medians); median ratio of the "
