@@ -24,12 +24,13 @@ IMAGE ?= $(REGISTRY)/boneage-gpu:$(VERSION)
 IMAGE_CPU ?= $(REGISTRY)/boneage-cpu:$(VERSION)
 PIPELINE_YAML ?= pipeline/boneage-pipeline.yaml
 
-.PHONY: setup system-deps test test-fast demo pipeline plots bench bench-gpu mlflow-ui clean help services services-down image lint-docker compile kfp-local submit
+.PHONY: setup system-deps test test-fast demo pipeline real-data bench-real plots bench bench-gpu mlflow-ui clean help services services-down image lint-docker compile kfp-local submit
 
 help:
 	@echo "make setup   install system packages and the pinned Python environment in $(VENV)"
 	@echo "make test    run the whole test suite (slow end-to-end tests included)"
 	@echo "make demo    install, then run the whole pipeline on the embedded synthetic dataset"
+	@echo "make real-data SOURCE=...   the pipeline on real RSNA films with the recipe of record (rsna-cpu)"
 	@echo "make bench   speed and memory benchmarks -> benchmarks/results.{json,md} and the README"
 	@echo "make bench-gpu   training images/s on an NVIDIA GPU (benchmarks/gpu.sh)"
 	@echo "make mlflow-ui / make plots   look at the runs and the DVC plots"
@@ -74,6 +75,23 @@ demo: setup
 
 pipeline: setup
 	dvc repro
+
+# Real RSNA films through the same DVC stages, with the recipe of record (preset rsna-cpu):
+#   make real-data SOURCE=path/to/kaggle-folder   (or rsna-bone-age.zip, or gs://bucket/prefix)
+# It runs as a DVC experiment (`dvc exp show` lists it), leaves the model in models/ and the
+# metrics in reports/metrics.json, registers under mlflow.registered_model, and leaves params.yaml
+# as it was. REAL_PRESET=rsna-gpu on a GPU node; REAL_SET="-S train.max_minutes=5" for a quick try.
+REAL_PRESET ?= rsna-cpu
+REAL_SET ?=
+real-data: setup
+	@test -n "$(SOURCE)" || { echo "error: name the dataset: make real-data SOURCE=path/to/kaggle-folder (or a .zip, or gs://bucket/prefix)"; exit 1; }
+	@start=$$(date +%s); cp params.yaml .params.yaml.real-data; \
+	dvc exp run register -S preset=$(REAL_PRESET) -S 'data.source=$(SOURCE)' $(REAL_SET); status=$$?; \
+	mv .params.yaml.real-data params.yaml; \
+	[ $$status = 0 ] || exit $$status; \
+	echo && echo "== Test metrics on real films (months) ==" && boneage report --metrics reports/metrics.json && \
+	echo && cat reports/registry.json && \
+	echo && echo "pipeline wall time: $$(( $$(date +%s) - start )) s"
 
 plots: setup
 	dvc plots show --out dvc_plots/render

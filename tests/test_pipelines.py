@@ -104,7 +104,7 @@ def test_dvc_repro_end_to_end_then_noop(project):
     # A sweep with `dvc exp run -S`: only the stages the changed param reaches run again.
     run(["git", "add", "-A"], work, env)
     run(["git", "commit", "-qm", "baseline"], work, env)
-    sweep = run(["dvc", "exp", "run", "-S", "mlflow.registered_model=boneage-sweep", "-n", "sweep"], work, env)
+    sweep = run(["dvc", "exp", "run", "-S", "mlflow.synthetic_registered_model=boneage-sweep", "-n", "sweep"], work, env)
     assert "Running stage 'register'" in sweep.stdout and "Running stage 'train'" not in sweep.stdout
     assert json.loads((work / "reports" / "registry.json").read_text())["model"] == "boneage-sweep"
     assert "sweep" in run(["dvc", "exp", "show", "--json"], work, env).stdout

@@ -200,17 +200,26 @@ def predict(
 @data_app.command("synth")
 @friendly_errors
 def data_synth(
-    out: Annotated[Path, typer.Option("--out", help="folder to write the Kaggle layout into")],
-    count: Annotated[int, typer.Option("--count", min=1)] = 800,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
-    size: Annotated[int, typer.Option("--size", min=64, max=4096, help="longest side in pixels")] = 512,
-    workers: Annotated[int, typer.Option("--workers", min=0, help="0: one per core")] = 0,
-    label_noise_sd: Annotated[float, typer.Option("--label-noise-sd", min=0.0)] = 6.0,
+    out: Annotated[Path | None, typer.Option("--out", help="folder for the Kaggle layout; default: data.synthetic_dir")] = None,
+    count: Annotated[int | None, typer.Option("--count", min=1, help="default: data.synthetic.count")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="default: seed")] = None,
+    size: Annotated[int | None, typer.Option("--size", min=64, max=4096, help="longest side; default: data.synthetic.image_size")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", min=0, help="0: one per core; default: data.synthetic.workers")] = None,
+    label_noise_sd: Annotated[float | None, typer.Option("--label-noise-sd", min=0.0, help="default: data.synthetic.label_noise_sd_months")] = None,
+    params: ParamsOption = DEFAULT_PARAMS_PATH,
 ) -> None:
-    """Write synthetic RSNA-format radiographs whose anatomy follows bone age."""
+    """Write synthetic RSNA-format radiographs whose anatomy follows bone age (settings from
+    params.yaml's data.synthetic; an option overrides one)."""
     from boneage.synth import write_dataset
 
-    csv_path = write_dataset(out, count=count, seed=seed, size=size, workers=workers, label_noise_sd=label_noise_sd)
+    cfg = load_params(params)
+    synthetic = cfg.data.synthetic
+    out = out or Path(cfg.data.synthetic_dir)
+    count = synthetic.count if count is None else count
+    csv_path = write_dataset(out, count=count, seed=cfg.seed if seed is None else seed,
+                             size=synthetic.image_size if size is None else size,
+                             workers=synthetic.workers if workers is None else workers,
+                             label_noise_sd=synthetic.label_noise_sd_months if label_noise_sd is None else label_noise_sd)
     typer.echo(f"wrote {count} synthetic radiographs -> {csv_path}")
 
 

@@ -177,7 +177,10 @@ class MlflowConfig(_Strict):
     tracking_uri: str = "sqlite:///mlruns/mlflow.db"
     artifact_root: str = "mlruns/artifacts"
     experiment: str = "boneage"
+    # Models trained on real films register here (predict's default: models:/boneage@champion);
+    # models trained on the synthetic dataset under their own name, so never as a clinical model.
     registered_model: str = "boneage"
+    synthetic_registered_model: str = "boneage-synthetic"
     log_system_metrics: bool = True
     # Seconds to wait for an MLflow server's answer before calling it down (checked before training).
     probe_timeout_seconds: Annotated[float, Field(gt=0)] = 5.0
@@ -186,15 +189,21 @@ class MlflowConfig(_Strict):
     local_fallback_uri: str = "sqlite:///mlruns/mlflow.db"
 
 
-Preset = Literal["boneage", "seed"]
+# Named, complete recipes (src/boneage/presets/NAME.yaml): each sets every preprocess, model and
+# train key, so a recipe never inherits anything from another one. params.yaml names one and may
+# override single keys of it (dvc exp run -S train.epochs=20); the code defaults below are only
+# the types' fallbacks and are never what a run trains with.
+PRESETS_DIR = Path(__file__).parent / "presets"
+Preset = Literal["demo", "seed", "rsna-cpu", "rsna-gpu"]
+RECIPE_SECTIONS = ("preprocess", "model", "train")
 
-# The seed recipe, as a baseline to compare against: whole-image squash to 224 px, no sex input,
-# Flatten -> Dense(512) -> Dense(1), MSE, Adam, no augmentation, no frozen warm-up.
-SEED_PRESET = {
-    "preprocess": {"image_size": 224, "crop": "none", "clahe_clip_limit": 0.0},
-    "model": {"use_sex": False, "pooling": "flatten", "head_units": (512,), "head_dropout": 0.0},
-    "train": {"loss": "mse", "warmup_epochs": 0, "augment": {"enabled": False}},
-}
+
+def load_preset(name: str) -> dict:
+    path = PRESETS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.yaml")))
+        raise BoneageError(f"preset {name!r} not found (known presets: {known})")
+    return yaml.safe_load(path.read_text()) or {}
 
 
 class Toleration(_Strict):
@@ -240,14 +249,21 @@ class KfpConfig(_Strict):
 
 class Params(_Strict):
     seed: int = 42
-    # "seed" rewrites the recipe to the seed baseline (SEED_PRESET) over whatever else is set.
-    preset: Preset = "boneage"
+    # The recipe: a preset's preprocess/model/train keys, under any that params.yaml sets itself.
+    preset: Preset | None = None
     data: DataConfig = DataConfig()
     preprocess: PreprocessConfig = PreprocessConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     mlflow: MlflowConfig = MlflowConfig()
     kfp: KfpConfig = KfpConfig()
+
+    def trains_on_synthetic_data(self) -> bool:
+        source = self.data.source
+        return source == "synthetic" or Path(source) == Path(self.data.synthetic_dir)
+
+    def registered_model_name(self) -> str:
+        return self.mlflow.synthetic_registered_model if self.trains_on_synthetic_data() else self.mlflow.registered_model
 
     def age_band_edges_months(self) -> list[float]:
         return [y * 12.0 for y in self.data.age_bands_years]
@@ -269,7 +285,13 @@ def _deep_merge(base: dict, override: dict) -> dict:
 
 
 def apply_preset(raw: dict) -> dict:
-    return _deep_merge(raw, SEED_PRESET) if raw.get("preset") == "seed" else raw
+    """The named preset's recipe, with the keys that ``raw`` (params.yaml) sets itself on top."""
+    name = raw.get("preset")
+    if name is None:
+        return raw
+    if name not in Preset.__args__:
+        raise BoneageError(f"preset {name!r} is not one of {', '.join(Preset.__args__)}")
+    return _deep_merge(load_preset(name), raw)
 
 
 def set_dotted(raw: dict, overrides: dict[str, object]) -> dict:

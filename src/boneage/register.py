@@ -40,7 +40,7 @@ def register(params: Params, model_dir: Path, metrics_path: Path, out_path: Path
         raise BoneageError(f"{metrics_path}: no test MAE; the test split is empty")
     tracking.connect(params)
     client = MlflowClient()
-    name = params.mlflow.registered_model
+    name = params.registered_model_name()
     try:
         client.get_registered_model(name)
     except MlflowException:
