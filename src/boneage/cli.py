@@ -139,31 +139,55 @@ def report(
     typer.echo(metrics_table(json.loads(metrics.read_text())))
 
 
+def _prediction_line(r) -> str:
+    if r.rejected:
+        return f"{r.source}: REJECTED: {r.rejected}"
+    lo, hi = r.interval_months
+    line = f"{r.source}: {r.bone_age_months:.1f} months ({r.bone_age}), {r.interval_level:.0%} interval {lo:.1f}-{hi:.1f}"
+    if r.assessment:
+        a = r.assessment
+        sds = f", SDS {a['sds']:+.2f}" if a["sds"] is not None else ""
+        line += f"; CA {a['chronological_age_months']:.1f}, BA-CA {a['difference_months']:+.1f}{sds}: {a['call']}"
+    return line
+
+
 @app.command()
 @friendly_errors
 def predict(
-    images: Annotated[list[Path], typer.Argument(help="PNG, JPEG or DICOM files, or folders of them")],
+    images: Annotated[list[Path] | None, typer.Argument(help="PNG, JPEG or DICOM files, or folders of them")] = None,
+    table: Annotated[Path | None, typer.Option(
+        "--table", help="a worklist CSV: path, sex, optional id and chronological_age (months); "
+                        "relative paths resolve against the CSV's folder")] = None,
     sex: Annotated[str | None, typer.Option("--sex", help="M or F (DICOM: PatientSex when not given)")] = None,
     chronological_age: Annotated[float | None, typer.Option(
         "--chronological-age", help="months; adds BA-CA, the Greulich-Pyle SDS and a call (DICOM: PatientAge)")] = None,
     model: Annotated[str, typer.Option("--model", help="training output folder or MLflow model URI")] = "models:/boneage@champion",
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+    out: Annotated[Path | None, typer.Option("--out", help="with --table: write the scored worklist to this CSV")] = None,
     report: Annotated[Path | None, typer.Option("--report", help="write an HTML + PNG report per image here")] = None,
     params: ParamsOption = DEFAULT_PARAMS_PATH,
 ) -> None:
     """Bone age with a calibrated interval; with the chronological age, the SDS and a call.
+    Images on the command line share one --sex; a --table worklist gives each film its own.
     Exits 1 if any image was rejected (each rejection says why)."""
     import json
 
-    from boneage.predict import Predictor, parse_age, parse_sex, predict_files
+    from boneage.predict import Predictor, parse_age, parse_sex, predict_files, predict_worklist, read_worklist
 
+    if bool(images) == (table is not None):
+        raise BoneageError("give either images or --table WORKLIST.csv (not both)")
+    if table is not None and (sex is not None or chronological_age is not None):
+        raise BoneageError("with --table, sex and chronological age come from the worklist's columns")
+    if out is not None and table is None:
+        raise BoneageError("--out writes a scored worklist: use it with --table")
     try:  # a bad option is the caller's mistake for every image: refuse before loading anything
         if sex is not None:
             parse_sex(sex)
         parse_age(chronological_age)
     except BadInputError as exc:
         raise BoneageError(exc.reason) from None
-    missing = [str(p) for p in images if not p.exists()]
+    worklist = read_worklist(table) if table is not None else None
+    missing = [str(p) for p in images or [] if not p.exists()]
     if missing:
         raise BoneageError(f"not found: {', '.join(missing)}")
     if model.startswith(("models:/", "runs:/")):
@@ -171,7 +195,10 @@ def predict(
 
         tracking.connect(load_params(params))
     predictor = Predictor.load(model)
-    results = predict_files(predictor, list(images), sex, chronological_age)
+    if worklist is not None:
+        results = predict_worklist(predictor, worklist)
+    else:
+        results = predict_files(predictor, list(images), sex, chronological_age)
     if report is not None:
         from boneage.clinical_report import write_report
 
@@ -179,21 +206,26 @@ def predict(
             if not result.rejected:
                 result_page = write_report(predictor, result, report)
                 typer.echo(f"report: {result_page}", err=True)
+    if out is not None:
+        from boneage.ingest import write_csv_atomic
+        from boneage.predict import worklist_table
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_csv_atomic(worklist_table(worklist, results), out)
+        typer.echo(f"scored worklist: {out}", err=True)
     if as_json:
-        typer.echo(json.dumps([r.as_dict() for r in results], indent=2))
+        records = [r.as_dict() for r in results]
+        if worklist is not None:
+            for record, row in zip(records, worklist, strict=True):
+                record.update(id=row.id, csv_line=row.csv_line)
+        typer.echo(json.dumps(records, indent=2))
     else:
         for r in results:
-            if r.rejected:
-                typer.echo(f"{r.source}: REJECTED: {r.rejected}")
-                continue
-            lo, hi = r.interval_months
-            line = f"{r.source}: {r.bone_age_months:.1f} months ({r.bone_age}), {r.interval_level:.0%} interval {lo:.1f}-{hi:.1f}"
-            if r.assessment:
-                a = r.assessment
-                sds = f", SDS {a['sds']:+.2f}" if a["sds"] is not None else ""
-                line += f"; CA {a['chronological_age_months']:.1f}, BA-CA {a['difference_months']:+.1f}{sds}: {a['call']}"
-            typer.echo(line)
-    if any(r.rejected for r in results):
+            typer.echo(_prediction_line(r))
+    rejected = sum(1 for r in results if r.rejected)
+    if worklist is not None:
+        typer.echo(f"{len(results) - rejected} scored, {rejected} rejected of {len(results)} rows", err=True)
+    if rejected:
         raise typer.Exit(code=1)
 
 

@@ -257,3 +257,95 @@ def predict_files(predictor: Predictor, paths: list[Path], sex=None, chronologic
             results.extend(predictor.finish(admitted, batch_size))
             bar.update(len(chunk))
     return results
+
+
+# A worklist: one film per row, its sex and optionally an id and the chronological age (months).
+WORKLIST_REQUIRED = ("path", "sex")
+WORKLIST_OPTIONAL = ("id", "chronological_age")
+WORKLIST_OUTPUT_COLUMNS = ["id", "path", "sex", "chronological_age_months", "bone_age_months", "bone_age",
+                           "interval_low_months", "interval_high_months", "interval_level", "sds", "call",
+                           "rejected", "csv_line"]
+
+
+@dataclass(frozen=True)
+class WorklistRow:
+    csv_line: int
+    id: str
+    path: Path
+    sex: str
+    chronological_age: str
+
+
+def read_worklist(table: Path) -> list[WorklistRow]:
+    """Rows of a worklist CSV; relative paths resolve against the CSV's own folder. A missing file
+    or column is fatal (nothing could be scored); a bad value only rejects its own row later."""
+    import csv
+
+    table = Path(table)
+    if not table.is_file():
+        raise BoneageError(f"{table}: worklist not found")
+    try:
+        with open(table, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            header = [h.strip().lower() for h in (reader.fieldnames or [])]
+            missing = [c for c in WORKLIST_REQUIRED if c not in header]
+            if missing:
+                raise BoneageError(f"{table}: worklist has no column {', '.join(missing)} "
+                                   f"(needs {', '.join(WORKLIST_REQUIRED)}; optional {', '.join(WORKLIST_OPTIONAL)})")
+            reader.fieldnames = header
+            rows = []
+            for record in reader:
+                line = reader.line_num
+                raw_path = (record.get("path") or "").strip()
+                path = Path(raw_path)
+                rows.append(WorklistRow(
+                    csv_line=line, id=(record.get("id") or "").strip() or raw_path,
+                    path=path if path.is_absolute() else table.parent / path,
+                    sex=(record.get("sex") or "").strip(), chronological_age=(record.get("chronological_age") or "").strip()))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise BoneageError(f"{table}: not a readable CSV worklist ({exc})") from None
+    return rows
+
+
+def _admit_worklist_row(predictor: Predictor, row: WorklistRow) -> _Admitted:
+    source = str(row.path)
+    if not str(row.path.name):
+        return _Admitted(Prediction(source=source, rejected="no path given"))
+    if not row.sex:
+        return _Admitted(Prediction(source=source, rejected="sex missing: the worklist's sex column must be M or F"))
+    return _read_and_admit(predictor, row.path, row.sex, row.chronological_age or None)
+
+
+def predict_worklist(predictor: Predictor, rows: list[WorklistRow], batch_size: int = DEFAULT_BATCH,
+                     workers: int = 0) -> list[Prediction]:
+    """One prediction or one rejection per worklist row, in order; a bad row never stops the others."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    results: list[Prediction] = []
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool, \
+            tqdm(total=len(rows), desc="predict", unit="row", disable=len(rows) < 2) as bar:
+        for first in range(0, len(rows), batch_size):
+            chunk = rows[first : first + batch_size]
+            admitted = list(pool.map(lambda r: _admit_worklist_row(predictor, r), chunk))
+            results.extend(predictor.finish(admitted, batch_size))
+            bar.update(len(chunk))
+    return results
+
+
+def worklist_table(rows: list[WorklistRow], results: list[Prediction]):
+    """The scored worklist as a table: the input columns, then the prediction or the rejection."""
+    import pandas as pd
+
+    records = []
+    for row, r in zip(rows, results, strict=True):
+        a = r.assessment or {}
+        lo, hi = r.interval_months or (None, None)
+        records.append({
+            "id": row.id, "path": str(row.path), "sex": r.sex or row.sex,
+            "chronological_age_months": r.chronological_age_months, "bone_age_months": r.bone_age_months,
+            "bone_age": r.bone_age, "interval_low_months": None if lo is None else round(lo, 2),
+            "interval_high_months": None if hi is None else round(hi, 2), "interval_level": r.interval_level,
+            "sds": a.get("sds"), "call": a.get("call"), "rejected": r.rejected or "", "csv_line": row.csv_line})
+    return pd.DataFrame(records, columns=WORKLIST_OUTPUT_COLUMNS)

@@ -67,3 +67,72 @@ def test_params_travel_as_json_text_and_come_back_equal():
 
     params = load_params(REPO / "params.yaml")
     assert parse_params(json.dumps(params.model_dump(mode="json"))) == params
+
+
+def _leaves(tree: dict, prefix: str = "") -> set[str]:
+    out = set()
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        out |= _leaves(value, dotted + ".") if isinstance(value, dict) and value else {dotted}
+    return out
+
+
+def _model_leaves(model_cls, prefix: str = "") -> set[str]:
+    from pydantic import BaseModel
+
+    out = set()
+    for name, field in model_cls.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            out |= _model_leaves(annotation, f"{prefix}{name}.")
+        else:
+            out.add(f"{prefix}{name}")
+    return out
+
+
+@pytest.mark.parametrize("preset", ["demo", "seed", "rsna-cpu", "rsna-gpu"])
+def test_every_preset_is_a_complete_recipe(preset):
+    """A preset sets every preprocess, model and train key: a recipe inherits nothing from another."""
+    import yaml
+
+    from boneage.config import PRESETS_DIR, RECIPE_SECTIONS
+
+    raw = yaml.safe_load((PRESETS_DIR / f"{preset}.yaml").read_text())
+    assert set(raw) == set(RECIPE_SECTIONS)
+    expected = {k for k in _model_leaves(Params) if k.split(".")[0] in RECIPE_SECTIONS}
+    assert _leaves(raw) == expected
+
+
+def test_every_key_the_code_reads_is_in_params_yaml_or_the_preset():
+    import yaml
+
+    from boneage.config import PRESETS_DIR
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    visible = _leaves(raw) | _leaves(yaml.safe_load((PRESETS_DIR / f"{raw['preset']}.yaml").read_text()))
+    hidden = {k for k in _model_leaves(Params)
+              if not any(k == v or k.startswith(v + ".") or v.startswith(k + ".") for v in visible)}
+    assert hidden == set(), f"keys only the code sets: {sorted(hidden)}"
+
+
+def test_the_real_data_recipe_takes_nothing_from_the_demo():
+    params = load_params(REPO / "params.yaml", {"preset": "rsna-cpu", "data.source": "data/raw"})
+    demo = load_params(REPO / "params.yaml")
+    assert params.train.steps_per_epoch is None and demo.train.steps_per_epoch == 36
+    assert params.train.augment != demo.train.augment
+    assert params.train.max_minutes == 60
+    assert params.registered_model_name() == "boneage" and demo.registered_model_name() == "boneage-synthetic"
+
+
+def test_a_key_set_in_params_yaml_overrides_the_preset(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("preset: rsna-cpu\ntrain:\n  max_minutes: 5\n")
+    params = load_params(path)
+    assert params.train.max_minutes == 5 and params.train.epochs == 12  # the rest is the preset's
+
+
+def test_an_unknown_preset_is_refused(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("preset: rsna\n")
+    with pytest.raises(BoneageError, match="rsna-cpu"):
+        load_params(path)

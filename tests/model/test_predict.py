@@ -252,3 +252,45 @@ def test_predict_bad_and_unusual_inputs(trained, tmp_path, kind, expected):
     assert expected in result.stdout, result.output
     assert result.exit_code == (1 if expected == "REJECTED" else 0)
     assert "Traceback" not in result.output
+
+
+def test_cli_predict_table_scores_every_row_with_its_own_sex(trained, tmp_path):
+    """A worklist: relative paths resolve against the CSV's folder, each row has its own sex and
+    age, and a bad row is rejected with its reason while the good rows are scored."""
+    images = _synthetic(trained, 2)
+    worklist_dir = tmp_path / "clinic"
+    (worklist_dir / "films").mkdir(parents=True)
+    for i, image in enumerate(images):
+        (worklist_dir / "films" / f"f{i}.png").write_bytes(image.read_bytes())
+    (worklist_dir / "worklist.csv").write_text(
+        "id,path,sex,chronological_age\n"
+        "a,films/f0.png,F,120\n"
+        f"b,{worklist_dir / 'films' / 'f1.png'},M,\n"
+        "c,films/f1.png,X,100\n"
+        "d,films/missing.png,F,100\n"
+        "e,films/f0.png,M,999\n"
+        "f,films/f0.png,,\n")
+    out = tmp_path / "scored.csv"
+    result = CliRunner().invoke(app, ["predict", "--table", str(worklist_dir / "worklist.csv"),
+                                      "--model", str(trained.models), "--out", str(out)])
+    assert result.exit_code == 1, result.output  # some rows were rejected
+    assert "Traceback" not in result.output
+    scored = pd.read_csv(out, dtype={"id": str}, keep_default_na=False).set_index("id")
+    assert list(scored.index) == ["a", "b", "c", "d", "e", "f"]
+    assert scored.loc["a", "rejected"] == "" and scored.loc["b", "rejected"] == ""
+    assert scored.loc["a", "call"] in ("delayed", "normal", "advanced") and scored.loc["b", "call"] == ""
+    assert "not M or F" in scored.loc["c", "rejected"]
+    assert "missing" in scored.loc["d", "rejected"]
+    assert "outside 0-240" in scored.loc["e", "rejected"]
+    assert "sex missing" in scored.loc["f", "rejected"]
+    assert list(scored["csv_line"]) == [2, 3, 4, 5, 6, 7]
+    # Row a is scored exactly as the same film given alone with --sex F.
+    single_f = predict_files(trained.predictor, [images[0]], sex="F")[0].bone_age_months
+    assert float(scored.loc["a", "bone_age_months"]) == pytest.approx(single_f, abs=0.05)
+
+
+def test_cli_predict_table_without_a_sex_column_is_refused(trained, tmp_path):
+    table = tmp_path / "worklist.csv"
+    table.write_text("path\nfilm.png\n")
+    result = CliRunner().invoke(app, ["predict", "--table", str(table), "--model", str(trained.models)])
+    assert result.exit_code == 1 and "no column sex" in result.output and str(table) in result.output
