@@ -104,6 +104,17 @@ bench: setup
 	@set -e; for b in $(BENCHMARKS); do echo "== $$b"; $(BIN)/python -m benchmarks.$$b; done
 	@cat benchmarks/results.md
 
+# Real-film accuracy and crop quality (not in CI: about 2.5 hours on 2 cores): the crop against
+# people's hand boxes, `make real-data` with the recipe of record, then its variants (no sex, the
+# first crop, the seed preset) under an equal shorter budget. Figures -> benchmarks/results.json and
+# the README's "Real data" section.
+bench-real: setup
+	@test -n "$(SOURCE)" || { echo "error: name the dataset: make bench-real SOURCE=path/to/kaggle-folder"; exit 1; }
+	$(BIN)/python -m benchmarks.bench_real crop --source $(SOURCE)
+	$(MAKE) real-data SOURCE=$(SOURCE)
+	$(BIN)/python -m benchmarks.bench_real recipe --workspace .
+	$(BIN)/python -m benchmarks.bench_real variants --source $(SOURCE)
+
 # Training images/s on an NVIDIA GPU (299 and 512 px, with and without mixed precision).
 bench-gpu:
 	@$(BIN)/python -c "import tensorflow as tf, sys; sys.exit(not tf.config.list_physical_devices('GPU'))" 2>/dev/null || \

@@ -77,7 +77,8 @@ class DataConfig(_Strict):
 class PreprocessConfig(_Strict):
     image_size: Annotated[int, Field(ge=75, le=1024)] = 299  # 75 px is InceptionV3's minimum
     # "hand": find the hand and crop to it. "none": the seed recipe's whole-image squash.
-    crop: Literal["hand", "none"] = "hand"
+    # "hand-v1": the first hand crop, kept only to measure what the current one buys.
+    crop: Literal["hand", "hand-v1", "none"] = "hand"
     crop_margin: Annotated[float, Field(ge=0.0, le=0.5)] = 0.03
     # Side of the thumbnail on which the hand is located; the crop is then taken at full resolution.
     detect_size: Annotated[int, Field(ge=64, le=2048)] = 384

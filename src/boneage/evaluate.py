@@ -112,10 +112,6 @@ def flat_metrics(metrics: dict) -> dict[str, float]:
     return flat
 
 
-def is_synthetic_source(params: Params) -> bool:
-    return params.data.source in ("synthetic", params.data.synthetic_dir)
-
-
 def evaluate(params: Params, data_dir: Path, model_dir: Path, out_dir: Path, log_to_mlflow: bool = True) -> dict:
     import mlflow
 
@@ -139,7 +135,7 @@ def evaluate(params: Params, data_dir: Path, model_dir: Path, out_dir: Path, log
     test = pred[pred["split"] == "test"]
     metrics["baseline"] = {
         "predict_the_mean_mae": float((test["boneage"] - train_mean).abs().mean()) if len(test) else None,
-        "noise_floor_mae": noise_floor_mae(params.data.synthetic.label_noise_sd_months) if is_synthetic_source(params) else None,
+        "noise_floor_mae": noise_floor_mae(params.data.synthetic.label_noise_sd_months) if params.trains_on_synthetic_data() else None,
     }
     if metrics["baseline"]["predict_the_mean_mae"]:
         metrics["test"]["mae_vs_predict_the_mean"] = metrics["test"]["mae"] / metrics["baseline"]["predict_the_mean_mae"]

@@ -19,6 +19,9 @@ MIN_HAND_AREA_FRACTION = 0.02
 # A component spanning nearly the whole film yet filling little of its box is the film's border frame.
 FRAME_SPAN_FRACTION = 0.9
 FRAME_FILL_FRACTION = 0.35
+# ...and lies along the edges: this share of its pixels within this band of the film's side.
+FRAME_EDGE_SHARE = 0.7
+FRAME_BAND_FRACTION = 0.1
 # Components at least this large relative to the biggest one belong to the hand (a detached finger).
 HAND_PART_FRACTION = 0.08
 # An edge row or column this full is film border, not anatomy (a forearm fills well under half).
@@ -39,6 +42,10 @@ MAX_FIELD_DEPTH = 2
 FIELD_INSET_DIVISOR = 50
 # An object filling this much of its smallest enclosing rectangle is a field or a film, not a hand.
 FIELD_RECTANGULARITY = 0.85
+# A crop is good against a person's hand box when it covers this much of the box, within this
+# much more area (the box runs fingertips to wrist; the crop adds a margin and the distal forearm).
+GOOD_CROP_MIN_COVERAGE = 0.95
+GOOD_CROP_MAX_AREA_RATIO = 1.6
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,21 @@ class Box:
     @property
     def height(self) -> int:
         return self.y1 - self.y0
+
+    @property
+    def area(self) -> int:
+        return self.width * self.height
+
+    def covered_fraction(self, truth: Box) -> float:
+        """The share of ``truth``'s area that lies inside this box."""
+        ix = max(0, min(self.x1, truth.x1) - max(self.x0, truth.x0))
+        iy = max(0, min(self.y1, truth.y1) - max(self.y0, truth.y0))
+        return ix * iy / truth.area if truth.area else 0.0
+
+    def is_good_crop_of(self, truth: Box) -> bool:
+        """The crop-quality rule against a person's hand box: it holds the hand, and not much more."""
+        return (self.covered_fraction(truth) >= GOOD_CROP_MIN_COVERAGE
+                and self.area <= GOOD_CROP_MAX_AREA_RATIO * truth.area)
 
     def iou(self, other: Box) -> float:
         ix = max(0, min(self.x1, other.x1) - max(self.x0, other.x0))
@@ -152,7 +174,7 @@ def _hand_parts(mask: np.ndarray) -> tuple[list[_Part], np.ndarray | None]:
         if area < MIN_HAND_AREA_FRACTION * th * tw:
             continue
         spans_film = w > FRAME_SPAN_FRACTION * tw and h > FRAME_SPAN_FRACTION * th
-        if spans_film and area < FRAME_FILL_FRACTION * w * h:
+        if spans_film and area < FRAME_FILL_FRACTION * w * h and _hugs_the_edges(labels == i):
             continue
         parts.append((_Part(area, x, y, w, h), i))
     if not parts:
@@ -161,6 +183,14 @@ def _hand_parts(mask: np.ndarray) -> tuple[list[_Part], np.ndarray | None]:
     component = (labels == index).astype(np.uint8)
     field = component if _rectangularity(component) >= FIELD_RECTANGULARITY else None
     return [p for p, _ in parts if p.area >= HAND_PART_FRACTION * largest.area], field
+
+
+def _hugs_the_edges(component: np.ndarray) -> bool:
+    """A film's border frame lies along the edges; a hand that fills the film (already cropped to
+    the hand) spans it too, and is as sparse in its box, but lies mostly inside."""
+    band = max(1, int(FRAME_BAND_FRACTION * min(component.shape)))
+    inner = component[band:-band, band:-band].sum()
+    return inner < (1 - FRAME_EDGE_SHARE) * component.sum()
 
 
 def _hand_level(values: np.ndarray, fraction: float) -> float:
@@ -229,15 +259,45 @@ def locate_hand(pixels: np.ndarray, cfg: PreprocessConfig) -> Box:
     Raises BadInputError when nothing hand-sized is found.
     """
     _, kept, scale = _find_hand(pixels, cfg)
-    x0, y0, x1, y1 = _bounds(kept)
-    margin = cfg.crop_margin * max(x1 - x0, y1 - y0)
-    h, w = pixels.shape
+    return _scaled_box(_bounds(kept), cfg.crop_margin, scale, pixels.shape)
+
+
+def _scaled_box(bounds: tuple[int, int, int, int], margin_fraction: float, scale: float,
+                shape: tuple[int, int]) -> Box:
+    """A thumbnail box, widened by the margin, in the film's own pixels (clipped to the film)."""
+    x0, y0, x1, y1 = bounds
+    margin = margin_fraction * max(x1 - x0, y1 - y0)
+    h, w = shape
     return Box(
         x0=max(0, int((x0 - margin) / scale)),
         y0=max(0, int((y0 - margin) / scale)),
         x1=min(w, int(np.ceil((x1 + margin) / scale))),
         y1=min(h, int(np.ceil((y1 + margin) / scale))),
     )
+
+
+def locate_hand_v1(pixels: np.ndarray, cfg: PreprocessConfig) -> Box:
+    """The first hand crop (boneage 0.1), kept as ``preprocess.crop: hand-v1`` so that the real-data
+    benchmark can measure what the current one buys: one threshold half way between the film's
+    darkest tenth and Otsu's level, over the whole film. On real films it keeps the collimation
+    field instead of the hand on about a third of them, and refuses low-contrast films whose "L"
+    marker is the brightest object."""
+    blurred, scale = _blurred_thumbnail(pixels, cfg)
+    background = uint8_percentile(blurred, BACKGROUND_PERCENTILE)
+    otsu, _ = cv2.threshold(blurred, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    mask = _mask_at(blurred, background + 0.5 * max(otsu - background, MIN_HAND_CONTRAST))
+    th, tw = mask.shape
+    count, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    parts = []
+    for x, y, w, h, area in (tuple(int(v) for v in row) for row in stats[1:count]):
+        spans_film = w > FRAME_SPAN_FRACTION * tw and h > FRAME_SPAN_FRACTION * th
+        if area >= MIN_HAND_AREA_FRACTION * th * tw and not (spans_film and area < FRAME_FILL_FRACTION * w * h):
+            parts.append(_Part(area, x, y, w, h))
+    if not parts:
+        raise BadInputError("no hand found: no hand-sized object on the film")
+    largest = max(p.area for p in parts)
+    kept = [p for p in parts if p.area >= HAND_PART_FRACTION * largest]
+    return _scaled_box(_bounds(kept), cfg.crop_margin, scale, pixels.shape)
 
 
 def _fit_square(crop: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:
@@ -291,6 +351,6 @@ def prepare(pixels: np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarray, Box]
         # The seed recipe: squash the whole film to a square, distorting the aspect ratio.
         squashed = cv2.resize(pixels, (side, side), interpolation=cv2.INTER_AREA)
         return normalise_contrast(squashed, np.ones_like(squashed, dtype=bool), cfg), Box(0, 0, w, h)
-    box = locate_hand(pixels, cfg)
+    box = locate_hand_v1(pixels, cfg) if cfg.crop == "hand-v1" else locate_hand(pixels, cfg)
     square, content = _fit_square(pixels[box.y0 : box.y1, box.x0 : box.x1], side)
     return normalise_contrast(square, content, cfg), box

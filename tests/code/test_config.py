@@ -136,3 +136,17 @@ def test_an_unknown_preset_is_refused(tmp_path):
     path.write_text("preset: rsna\n")
     with pytest.raises(BoneageError, match="rsna-cpu"):
         load_params(path)
+
+
+def test_committed_data_dvc_points_at_nothing_a_fresh_clone_cannot_fetch():
+    """data.dvc may name data/raw only without a hash, unless the repo configures a remote to pull it from."""
+    import configparser
+
+    import yaml
+
+    outs = yaml.safe_load((REPO / "data.dvc").read_text())["outs"]
+    hashed = [o["path"] for o in outs if {"md5", "etag", "checksum"} & set(o)]
+    config = configparser.ConfigParser()
+    config.read(REPO / ".dvc" / "config")
+    remotes = [s for s in config.sections() if s.startswith("'remote")]
+    assert not hashed or remotes, f"data.dvc tracks {hashed} with a hash, but no DVC remote is configured"

@@ -1,4 +1,5 @@
-"""The README is the user's manual: its benchmark table is the one `make bench` last wrote."""
+"""The README is the user's manual: its benchmark table is the one `make bench` last wrote, and its
+real-data figures are the ones `make bench-real` last wrote."""
 
 from __future__ import annotations
 
@@ -22,3 +23,14 @@ def test_every_benchmark_records_the_machine_its_runs_and_a_verdict():
         assert result["runs"], f"{name}: no runs recorded"
         has_goal = not result["goal"].startswith("measured")
         assert result["verdict"] in (("met", "missed") if has_goal else ("",)), name
+
+
+def test_readme_shows_the_real_data_figures_that_make_bench_real_wrote():
+    import re
+
+    from benchmarks.real_report import END, START, block
+
+    data = json.loads(RESULTS.read_text()).get("real_data", {})
+    text = README.read_text()
+    shown = re.search(re.escape(START) + "(.*?)" + re.escape(END), text, re.S).group(1).strip()
+    assert shown == block(data).strip()

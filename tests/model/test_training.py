@@ -19,6 +19,12 @@ import yaml
 from boneage.config import Params
 
 
+# Training numerics differ across CPUs of the same kind (oneDNN kernels on AMD EPYC vs Intel Xeon
+# with AMX), and this tiny deterministic run lands far apart: MAE / predict-the-mean was 0.27 with
+# seed 1 on an AMD EPYC and 0.56 with seed 3 on an Intel Xeon (where a 0.5 limit failed CI). The
+# limit leaves margin over both, and still fails when the model does not learn (about 1.0) or when
+# inference-mode BatchNorm diverges (well above 1.0: the momentum-0.99 trap).
+LEARNED_MAE_RATIO = 0.7
 # A resumed run sees the data in another order than an uninterrupted one: its final validation MAE
 # may differ by this much (relative).
 RESUME_TOLERANCE = 0.25
@@ -66,7 +72,7 @@ def test_mae_falls_well_below_predict_the_mean(tiny_data, tmp_path, monkeypatch)
     pred = predict_split(model, tiny_data / "pre", "train", 75, 16).merge(manifest, on="id")
     mae = (pred["predicted"] - pred["boneage"]).abs().mean()
     baseline = (pred["boneage"] - pred["boneage"].mean()).abs().mean()
-    assert mae < 0.5 * baseline, f"MAE {mae:.1f} vs predict-the-mean {baseline:.1f}"
+    assert mae < LEARNED_MAE_RATIO * baseline, f"MAE {mae:.1f} vs predict-the-mean {baseline:.1f}"
     history = pd.read_csv(result.model_path.parent / "history.csv")
     assert history["mae_months"].iloc[-1] < 0.6 * history["mae_months"].iloc[0]
 

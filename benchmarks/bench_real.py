@@ -1,0 +1,235 @@
+"""Real-film accuracy and crop quality: `make bench-real SOURCE=...` (not in CI; hours on 2 cores).
+
+Three parts, each stored in benchmarks/results.json under "real_data" and rendered into the README:
+
+- ``crop``: on every film of SOURCE, how many the hand crop refuses, and on the films that have a
+  person's hand box (SOURCE/hand-boxes.csv), how many crops are good; the first crop (hand-v1)
+  beside the current one.
+- ``recipe``: the recipe of record's figures from a finished `make real-data` workspace: test MAE
+  overall, by sex and by age band beside predict-the-mean on the same split, and the learning
+  curve (validation MAE against training images seen).
+- ``variants``: the recipe and its variants (no sex input, the first crop, the seed preset), each
+  trained for the same shorter wall-clock budget on the same splits; each reads the test split
+  once.
+
+    python -m benchmarks.bench_real crop --source DIR
+    python -m benchmarks.bench_real recipe --workspace .
+    python -m benchmarks.bench_real variants --source DIR [--minutes 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+
+from benchmarks.common import PROJECT, WORK, bench_params, load_results, machine, record
+
+RESULT_KEY = "real_data"
+REAL_PRESET = "rsna-cpu"
+BOXES_FILE = "hand-boxes.csv"
+CROPS = ("hand-v1", "hand")
+# Variants of the recipe of record compared under one equal budget: name -> (params overrides, text).
+VARIANTS = {
+    "recipe": ({}, "the recipe of record (rsna-cpu)"),
+    "no_sex": ({"model.use_sex": False}, "the recipe without the sex input"),
+    "first_crop": ({"preprocess.crop": "hand-v1"}, "the recipe with the first hand crop (hand-v1)"),
+    "seed": ({"preset": "seed"}, "the seed preset"),
+}
+
+
+def _image_dir(source: Path) -> Path:
+    return source / "boneage-training-dataset"
+
+
+def _locate(job: tuple[str, str, str]) -> tuple[str, tuple | None, str | None]:
+    import cv2
+
+    from boneage.errors import BadInputError
+    from boneage.handcrop import locate_hand, locate_hand_v1
+
+    image_id, path, crop = job
+    pixels = cv2.imread(path, cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH)
+    cfg = bench_params(**{"preset": REAL_PRESET, "preprocess.crop": crop}).preprocess
+    try:
+        box = (locate_hand_v1 if crop == "hand-v1" else locate_hand)(pixels, cfg)
+    except BadInputError as exc:
+        return image_id, None, exc.reason
+    return image_id, (box.x0, box.y0, box.x1, box.y1), None
+
+
+def crop_quality(source: Path, crop: str, workers: int = 2) -> dict:
+    """Refusals over every film of ``source`` and good crops against its people's hand boxes."""
+    from boneage.handcrop import GOOD_CROP_MAX_AREA_RATIO, GOOD_CROP_MIN_COVERAGE, Box
+
+    labels = pd.read_csv(source / "boneage-training-dataset.csv", dtype={"id": str})
+    jobs = [(i, str(_image_dir(source) / f"{i}.png"), crop) for i in labels["id"]]
+    start = time.perf_counter()
+    with ProcessPoolExecutor(workers) as pool:
+        found = list(pool.map(_locate, jobs, chunksize=64))
+    seconds = time.perf_counter() - start
+    boxes_by_id = {i: b for i, b, _ in found if b}
+    refused = [(i, reason) for i, _, reason in found if reason]
+    out = {"films": len(found), "refused": len(refused), "refused_pct": round(100 * len(refused) / len(found), 2),
+           "refused_ids": [i for i, _ in refused], "seconds": round(seconds, 1)}
+    boxes_path = source / BOXES_FILE
+    if boxes_path.is_file():
+        people = pd.read_csv(boxes_path, dtype={"id": str})
+        covered = tight = good = 0
+        for row in people.itertuples():
+            truth = Box(row.x0_100, row.y0_100, row.x1_100, row.y1_100)
+            crop_box = boxes_by_id.get(row.id)
+            if crop_box is None:
+                continue
+            crop_box = Box(*crop_box)
+            covered += crop_box.covered_fraction(truth) >= GOOD_CROP_MIN_COVERAGE
+            tight += crop_box.area <= GOOD_CROP_MAX_AREA_RATIO * truth.area
+            good += crop_box.is_good_crop_of(truth)
+        n = len(people)
+        out.update(boxes=n, good_pct=round(100 * good / n, 1), covered_pct=round(100 * covered / n, 1),
+                   tight_pct=round(100 * tight / n, 1))
+    return out
+
+
+def recipe_figures(workspace: Path) -> dict:
+    """The recipe of record's figures from a `make real-data` workspace (read, not re-run)."""
+    metrics = json.loads((workspace / "reports" / "metrics.json").read_text())
+    history = pd.read_csv(workspace / "models" / "history.csv")
+    manifest = pd.read_csv(workspace / "data" / "preprocessed" / "manifest.csv")
+    lock = (workspace / "dvc.lock").read_text() if (workspace / "dvc.lock").is_file() else ""
+    return {"metrics": _metric_summary(metrics, workspace / "reports" / "predictions.csv"),
+            "curve": _learning_curve(history, manifest, workspace),
+            "train_films": int((manifest["split"] == "train").sum()), "dvc_lock_sha": _sha(lock)}
+
+
+def _sha(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _learning_curve(history: pd.DataFrame, manifest: pd.DataFrame, workspace: Path) -> list[dict]:
+    from boneage.config import load_params
+
+    params = load_params(workspace / "params.yaml", {"preset": REAL_PRESET})
+    steps = params.train.steps_per_epoch or -(-int((manifest["split"] == "train").sum()) // params.train.batch_size)
+    return [{"epoch": int(r.epoch), "images_seen": int(r.epoch) * steps * params.train.batch_size,
+             "val_mae": round(float(r.val_mae_months), 2), "train_mae": round(float(r.mae_months), 2)}
+            for r in history.itertuples()]
+
+
+def bootstrap_interval(predictions: Path, draws: int = 2000, level: float = 0.95) -> list[float]:
+    """The test MAE's sampling spread: a percentile bootstrap over the test films."""
+    import numpy as np
+
+    pred = pd.read_csv(predictions)
+    errors = (pred.loc[pred["split"] == "test", "predicted"] - pred.loc[pred["split"] == "test", "boneage"]).abs().to_numpy()
+    rng = np.random.default_rng(0)
+    maes = errors[rng.integers(0, len(errors), (draws, len(errors)))].mean(axis=1)
+    tail = 100 * (1 - level) / 2
+    return [round(float(v), 2) for v in np.percentile(maes, [tail, 100 - tail])]
+
+
+def _metric_summary(metrics: dict, predictions: Path) -> dict:
+    test, val = metrics["test"], metrics["val"]
+    return {"test_mae": round(test["mae"], 2), "test_mae_95ci": bootstrap_interval(predictions), "val_mae": round(val["mae"], 2),
+            "predict_the_mean_mae": round(metrics["baseline"]["predict_the_mean_mae"], 2),
+            "ratio": round(test["mae"] / metrics["baseline"]["predict_the_mean_mae"], 3),
+            "test_n": test["n"], "by_sex": {k: round(v["mae"], 2) for k, v in test["by_sex"].items()},
+            "by_age_band": {k: {"mae": round(v["mae"], 2), "n": v["n"]} for k, v in test["by_age_band"].items()}}
+
+
+def run_variant(name: str, source: Path, minutes: float, epochs: int, steps: int) -> dict:
+    """One variant, trained for the shared budget: ingest once, preprocess per crop and size,
+    train, then evaluate (the one read of the test split for this recipe)."""
+    from boneage.evaluate import evaluate
+    from boneage.ingest import ingest
+    from boneage.preprocess import preprocess
+    from boneage.train import train
+
+    overrides, _ = VARIANTS[name]
+    root = WORK / "real"
+    common = {"preset": REAL_PRESET, "data.source": str(source), "train.max_minutes": minutes,
+              "mlflow.tracking_uri": f"sqlite:///{root}/mlruns.db", "mlflow.artifact_root": str(root / "mlruns"),
+              "mlflow.experiment": "bench-real", "mlflow.log_system_metrics": False}
+    if overrides.get("preset") == "seed":
+        # The seed recipe at 224 px takes ~8x as long a step: short epochs, so that the deadline
+        # (checked between epochs) stops it near the same wall-clock budget.
+        budget = {"train.epochs": 1000, "train.steps_per_epoch": max(1, steps // 16)}
+    else:
+        budget = {"train.epochs": epochs, "train.steps_per_epoch": steps}
+    params = bench_params(**{**common, **budget, **overrides})
+    manifest = root / "ingest" / "manifest.csv"
+    if not manifest.is_file():
+        ingest(params, root / "ingest")
+    cfg = params.preprocess
+    data = root / f"pre-{cfg.crop}-{cfg.image_size}px-clahe{cfg.clahe_clip_limit}"
+    if not (data / "manifest.csv").is_file():
+        preprocess(params, manifest, data)
+    start = time.perf_counter()
+    result = train(params, data, root / f"models-{name}")
+    train_minutes = (time.perf_counter() - start) / 60
+    metrics = evaluate(params, data, root / f"models-{name}", root / f"reports-{name}", log_to_mlflow=True)
+    history = pd.read_csv(root / f"models-{name}" / "history.csv")
+    return {"metrics": _metric_summary(metrics, root / f"reports-{name}" / "predictions.csv"), "train_minutes": round(train_minutes, 1),
+            "epochs_run": result.epochs_run, "steps_per_epoch": params.train.steps_per_epoch,
+            "images_seen": int(len(history) * params.train.steps_per_epoch * params.train.batch_size)}
+
+
+def store(part: str, value) -> None:
+    data = {k: v for k, v in load_results().get(RESULT_KEY, {}).items() if k in PARTS}
+    data[part] = value
+    # Every training run behind the figures: the recipe of record's and each variant's.
+    runs = ([{"name": "recipe of record", **data["recipe"]["metrics"]}] if "recipe" in data else []) + \
+           [{"name": name, **v["metrics"]} for name, v in data.get("variants", {}).items()]
+    record(RESULT_KEY, {**data, "runs": runs or [data.get("crop", {})], "title": "real RSNA films (100 px), CPU",
+                        **_summary(data)})
+
+
+PARTS = ("crop", "recipe", "variants")
+
+
+def _summary(data: dict) -> dict:
+    goal = "test MAE <= 0.35x predict-the-mean, <= 60 min of CPU training"
+    recipe = data.get("recipe", {}).get("metrics")
+    if not recipe:
+        return {"summary": "recipe of record not run yet", "goal": "measured by make bench-real", "verdict": ""}
+    return {"summary": f"test MAE {recipe['test_mae']:.2f} months = {recipe['ratio']:.2f}x predict-the-mean "
+                       f"({recipe['predict_the_mean_mae']:.2f})",
+            "goal": goal, "verdict": "met" if recipe["ratio"] <= 0.35 else "missed"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("part", choices=("crop", "recipe", "variants", "readme"))
+    parser.add_argument("--source", type=Path, help="a Kaggle-layout folder of real films")
+    parser.add_argument("--workspace", type=Path, default=PROJECT, help="where `make real-data` ran")
+    parser.add_argument("--minutes", type=float, default=15.0, help="each variant's training budget")
+    parser.add_argument("--epochs", type=int, default=3, help="cosine epochs within the budget")
+    parser.add_argument("--steps", type=int, default=190, help="steps per epoch within the budget")
+    parser.add_argument("--only", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    args = parser.parse_args()
+    if args.part in ("crop", "variants") and not args.source:
+        parser.error("--source is required")
+    if args.part == "crop":
+        store("crop", {crop: crop_quality(args.source, crop) for crop in CROPS})
+    elif args.part == "recipe":
+        store("recipe", {**recipe_figures(args.workspace), "machine": machine()})
+    elif args.part == "variants":
+        done = load_results().get(RESULT_KEY, {}).get("variants", {})
+        for name in args.only:
+            print(f"== variant {name}: {VARIANTS[name][1]}", flush=True)
+            done[name] = {**run_variant(name, args.source, args.minutes, args.epochs, args.steps),
+                          "description": VARIANTS[name][1], "budget_minutes": args.minutes}
+            store("variants", done)
+    from benchmarks.real_report import write_readme_block
+
+    write_readme_block(load_results().get(RESULT_KEY, {}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""The README's real-data figures, written from benchmarks/results.json (never typed by hand):
+the crop table, the recipe of record's accuracy, its learning curve (docs/real-learning-curve.png)
+and the equal-budget comparison."""
+
+from __future__ import annotations
+
+import re
+
+from benchmarks.common import PROJECT, README
+
+START, END = "<!-- real:start -->", "<!-- real:end -->"
+CURVE_PNG = PROJECT / "docs" / "real-learning-curve.png"
+
+
+def _crop_lines(crop: dict) -> list[str]:
+    if not crop:
+        return ["Crop figures: not measured yet (`python -m benchmarks.bench_real crop --source DIR`).", ""]
+    lines = ["| hand crop | films refused | good crops on people's boxes | covers ≥ 95% of the box | area ≤ 1.6× the box |",
+             "|---|---:|---:|---:|---:|"]
+    names = {"hand-v1": "first crop (hand-v1)", "hand": "**current crop (hand)**"}
+    for key in ("hand-v1", "hand"):
+        c = crop.get(key)
+        if c:
+            lines.append(f"| {names[key]} | {c['refused']} of {c['films']:,} ({c['refused_pct']:.2f}%) | "
+                         f"{c.get('good_pct', float('nan')):.1f}% of {c.get('boxes', 0)} | "
+                         f"{c.get('covered_pct', float('nan')):.1f}% | {c.get('tight_pct', float('nan')):.1f}% |")
+    return [*lines, ""]
+
+
+def _recipe_lines(recipe: dict) -> list[str]:
+    if not recipe:
+        return ["Recipe of record: not measured yet (`make real-data`, then "
+                "`python -m benchmarks.bench_real recipe`).", ""]
+    m, machine = recipe["metrics"], recipe["machine"]
+    lo, hi = m["test_mae_95ci"]
+    curve = recipe["curve"]
+    best = min(curve, key=lambda c: c["val_mae"])
+    lines = [f"Measured {machine['date']} on {machine['cpu']} ({machine['cores']} cores, TensorFlow "
+             f"{machine['tensorflow']}), one run of `make real-data` from a fresh clone, preset `rsna-cpu`, "
+             f"{recipe['train_films']:,} training films, {len(curve)} epochs:", "",
+             "| | test MAE (months) | vs predict-the-mean |", "|---|---:|---:|",
+             f"| predict the training mean | {m['predict_the_mean_mae']:.2f} | 100% |",
+             f"| **rsna-cpu (InceptionV3 + sex, 96 px)** | **{m['test_mae']:.2f}** (95% CI {lo:.2f}–{hi:.2f}) | "
+             f"**{100 * m['ratio']:.0f}%** |", "",
+             f"Validation MAE {m['val_mae']:.2f} (best epoch {best['epoch']}: {best['val_mae']:.2f}); {m['test_n']} test films. "
+             "By sex: " + ", ".join(f"{k} {v:.2f}" for k, v in m["by_sex"].items()) + ". By band: " +
+             ", ".join(f"{k} {v['mae']:.1f} ({v['n']} films)" for k, v in m["by_age_band"].items()) + ".",
+             f"Goal ≤ 0.35× predict-the-mean: {'met' if m['ratio'] <= 0.35 else 'missed'} ({m['ratio']:.2f}×).", "",
+             f"![validation MAE against training images seen](docs/{CURVE_PNG.name})", ""]
+    return lines
+
+
+def _variant_lines(variants: dict) -> list[str]:
+    if not variants:
+        return ["Equal-budget comparison: not measured yet (`python -m benchmarks.bench_real variants --source DIR`).", ""]
+    budget = next(iter(variants.values()))["budget_minutes"]
+    lines = [f"Side by side, each trained for at most {budget:.0f} minutes on the same splits (test split read once per "
+             "recipe; the 95% interval is a bootstrap over the test films):", "",
+             "| recipe | test MAE | 95% CI | vs predict-the-mean | val MAE | images seen | training minutes |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for v in variants.values():
+        m = v["metrics"]
+        lo, hi = m["test_mae_95ci"]
+        lines.append(f"| {v['description']} | {m['test_mae']:.2f} | {lo:.2f}–{hi:.2f} | {100 * m['ratio']:.0f}% | "
+                     f"{m['val_mae']:.2f} | {v['images_seen']:,} | {v['train_minutes']:.1f} |")
+    return [*lines, ""]
+
+
+def plot_learning_curve(recipe: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curve = recipe["curve"]
+    seen = [c["images_seen"] / 1000 for c in curve]
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
+    ax.plot(seen, [c["val_mae"] for c in curve], "o-", label="validation MAE")
+    ax.plot(seen, [c["train_mae"] for c in curve], "s--", alpha=0.6, label="training MAE (augmented)")
+    ax.axhline(recipe["metrics"]["predict_the_mean_mae"], color="grey", ls=":", label="predict the mean (test)")
+    ax.set_xlabel("training images seen (thousands)")
+    ax.set_ylabel("MAE (months)")
+    ax.set_title("rsna-cpu on real RSNA films (100 px), 2 CPU cores")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    CURVE_PNG.parent.mkdir(exist_ok=True)
+    fig.savefig(CURVE_PNG)
+    plt.close(fig)
+
+
+def block(data: dict) -> str:
+    return "\n".join([*_crop_lines(data.get("crop", {})), *_recipe_lines(data.get("recipe", {})),
+                      *_variant_lines(data.get("variants", {}))])
+
+
+def write_readme_block(data: dict) -> None:
+    if data.get("recipe"):
+        plot_learning_curve(data["recipe"])
+    text = README.read_text()
+    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
+    if pattern.search(text):
+        README.write_text(pattern.sub(lambda _: f"{START}\n{block(data)}{END}", text))
