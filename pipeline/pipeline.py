@@ -78,7 +78,7 @@ def build(params: Params):
         _network_step(evaluate, params).set_display_name("evaluate")
 
         # The registry decision depends on the champion at the time: never served from the cache.
-        register = steps.register(params_yaml=params_yaml, mlflow_tracking_uri=mlflow_tracking_uri,
+        register = steps.register(params_yaml=params_yaml, source_uri=source_uri, mlflow_tracking_uri=mlflow_tracking_uri,
                                   experiment=experiment, mlflow_run_id=train.outputs["Output"],
                                   model=train.outputs["model"], evaluation=evaluate.outputs["evaluation"])
         _network_step(register, params).set_display_name("register").set_caching_options(enable_caching=False)

@@ -155,7 +155,7 @@ def test_kfp_local_run_matches_dvc_repro(project, stack, stack_env, tmp_path):
     with psycopg2.connect(stack.postgres_dsn) as conn, conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM runs WHERE run_uuid IN (%s, %s)", (dvc_run_id, run_id))
         assert cur.fetchone()[0] == 2
-        cur.execute("SELECT count(*) FROM model_versions WHERE name = 'boneage'")
+        cur.execute("SELECT count(*) FROM model_versions WHERE name = 'boneage-synthetic'")
         assert cur.fetchone()[0] == 2
     names = [b.name for b in gcs.client().list_blobs(services.ARTIFACT_BUCKET)]
     for rid in (dvc_run_id, run_id):

@@ -56,10 +56,11 @@ def test_dvc_versions_a_real_dataset_then_a_fresh_clone_trains_on_it(stack, tmp_
 
     # The README's steps: version the dataset, point DVC at the bucket, push.
     remote = f"gs://{services.DATA_BUCKET}/dvc-{uuid.uuid4().hex[:8]}"
-    run(["dvc", "add", "data/raw", "--file", "data.dvc"], origin, env)
+    run(["dvc", "add", "data/raw"], origin, env)  # updates the committed data.dvc, which names data/raw
+    assert "md5:" in (origin / "data.dvc").read_text()
     run(["dvc", "remote", "add", "-d", "gcs", remote], origin, env)
     run(["dvc", "remote", "modify", "--local", "gcs", "endpointurl", stack.gcs_endpoint], origin, env)
-    run(["git", "add", "data.dvc", ".dvc/config", ".gitignore"], origin, env)
+    run(["git", "add", "-A"], origin, env)
     run(["git", "commit", "-qm", "version the real dataset"], origin, env)
     run(["dvc", "push"], origin, env)
 

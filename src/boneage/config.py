@@ -15,6 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from boneage.errors import BoneageError
 
 DEFAULT_PARAMS_PATH = Path("params.yaml")
+# Every dataset `boneage data synth` writes holds this file (the true ages beside the noisy labels):
+# what tells a synthetic source from a real one wherever it was moved.
+SYNTHETIC_TRUTH_FILE = "synthetic-truth.csv"
 
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 Workers = Annotated[int, Field(ge=0, description="0 means one worker per CPU core")]
@@ -261,7 +264,9 @@ class Params(_Strict):
 
     def trains_on_synthetic_data(self) -> bool:
         source = self.data.source
-        return source == "synthetic" or Path(source) == Path(self.data.synthetic_dir)
+        if source == "synthetic" or Path(source) == Path(self.data.synthetic_dir):
+            return True
+        return "://" not in source and (Path(source) / SYNTHETIC_TRUTH_FILE).is_file()
 
     def registered_model_name(self) -> str:
         return self.mlflow.synthetic_registered_model if self.trains_on_synthetic_data() else self.mlflow.registered_model

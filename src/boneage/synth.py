@@ -37,11 +37,12 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from boneage.config import SYNTHETIC_TRUTH_FILE
 from boneage.errors import BoneageError
 
 CSV_NAME = "boneage-training-dataset.csv"
 IMAGE_DIR = "boneage-training-dataset"
-TRUTH_NAME = "synthetic-truth.csv"
+TRUTH_NAME = SYNTHETIC_TRUTH_FILE
 SPEC_NAME = "synthetic-spec.json"
 
 # Girls' skeletons are more mature at the same bone-age rating: maturity = bone age x this factor.

@@ -150,3 +150,19 @@ def test_committed_data_dvc_points_at_nothing_a_fresh_clone_cannot_fetch():
     config.read(REPO / ".dvc" / "config")
     remotes = [s for s in config.sections() if s.startswith("'remote")]
     assert not hashed or remotes, f"data.dvc tracks {hashed} with a hash, but no DVC remote is configured"
+
+
+def test_a_synthetic_dataset_is_recognised_wherever_it_lies(tmp_path):
+    """The registered name follows the data: a moved synthetic set (it carries its truth file) still
+    registers as synthetic; a real folder registers under the name for real films."""
+    from boneage.config import SYNTHETIC_TRUTH_FILE
+
+    (tmp_path / "moved").mkdir()
+    (tmp_path / "moved" / SYNTHETIC_TRUTH_FILE).write_text("id,boneage,male,true_boneage\n")
+    (tmp_path / "real").mkdir()
+    base = load_params(REPO / "params.yaml")
+    moved = base.model_copy(update={"data": base.data.model_copy(update={"source": str(tmp_path / "moved")})})
+    real = base.model_copy(update={"data": base.data.model_copy(update={"source": str(tmp_path / "real")})})
+    assert moved.registered_model_name() == "boneage-synthetic"
+    assert real.registered_model_name() == "boneage"
+    assert base.registered_model_name() == "boneage-synthetic"
