@@ -80,7 +80,8 @@ pipeline: setup
 #   make real-data SOURCE=path/to/kaggle-folder   (or rsna-bone-age.zip, or gs://bucket/prefix)
 # It runs as a DVC experiment (`dvc exp show` lists it), leaves the model in models/ and the
 # metrics in reports/metrics.json, registers under mlflow.registered_model, and leaves params.yaml
-# as it was. REAL_PRESET=rsna-gpu on a GPU node; REAL_SET="-S train.max_minutes=5" for a quick try.
+# as it was. REAL_PRESET=rsna-gpu on a GPU node; REAL_SET="-S ++train.max_minutes=5" for a quick try
+# (++: the preset's keys are not in params.yaml, and DVC adds one only with ++).
 REAL_PRESET ?= rsna-cpu
 REAL_SET ?=
 real-data: setup

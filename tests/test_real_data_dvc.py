@@ -23,8 +23,8 @@ VENV = Path(sys.executable).parent.parent
 FILMS = 300
 # A few steps of a small CNN: what is under test is the path (versioning, fetching, the stages,
 # the registry), not accuracy (benchmarks/bench_real.py measures that).
-TINY_BUDGET = ("-S train.epochs=1 -S train.steps_per_epoch=2 -S train.batch_size=16 -S model.backbone=small_cnn "
-               "-S train.bn_recalibration_images=32 -S mlflow.log_system_metrics=false")
+TINY_BUDGET = ("-S ++train.epochs=1 -S ++train.steps_per_epoch=2 -S ++train.batch_size=16 -S ++model.backbone=small_cnn "
+               "-S ++train.bn_recalibration_images=32 -S mlflow.log_system_metrics=false")
 
 
 def run(cmd: list[str], cwd: Path, env: dict, timeout: int = 900) -> subprocess.CompletedProcess:
