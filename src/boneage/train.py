@@ -75,12 +75,16 @@ def _atomic_save(model: keras.Model, path: Path) -> None:
 
 class _EpochEnd(keras.callbacks.Callback):
     """Per epoch: checkpoint (model with optimizer state, then state.json, both atomic),
-    history row, MLflow metrics, and the wall-clock budget."""
+    history row, MLflow metrics, and the wall-clock budget: training stops after an epoch when
+    another one as long would end past the deadline, so the budget is a limit, not a target."""
 
     def __init__(self, ckpt_dir: Path, fingerprint: str, history_path: Path, phase: str, deadline: float | None):
         super().__init__()
         self.ckpt_dir, self.fingerprint, self.history_path = ckpt_dir, fingerprint, history_path
         self.phase, self.deadline = phase, deadline
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_started = time.monotonic()
 
     def on_epoch_end(self, epoch, logs=None):
         import mlflow
@@ -100,8 +104,10 @@ class _EpochEnd(keras.callbacks.Callback):
                 writer.writeheader()
             writer.writerow(row)
         mlflow.log_metrics({k: float(v) for k, v in logs.items()}, step=epoch + 1)
-        if self.deadline and time.monotonic() > self.deadline:
-            print(f"train.max_minutes reached after epoch {epoch + 1}; stopping", file=sys.stderr)
+        now = time.monotonic()
+        if self.deadline and now + (now - self.epoch_started) > self.deadline:
+            print(f"train.max_minutes: another epoch would end past the budget; stopping after epoch {epoch + 1}",
+                  file=sys.stderr)
             self.model.stop_training = True
 
 
