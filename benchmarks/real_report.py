@@ -42,12 +42,18 @@ def _recipe_lines(recipe: dict) -> list[str]:
              f"| predict the training mean | {m['predict_the_mean_mae']:.2f} | 100% |",
              f"| **rsna-cpu (InceptionV3 + sex, 96 px)** | **{m['test_mae']:.2f}** (95% CI {lo:.2f}–{hi:.2f}) | "
              f"**{100 * m['ratio']:.0f}%** |", "",
-             f"Validation MAE {m['val_mae']:.2f} (best epoch {best['epoch']}: {best['val_mae']:.2f}); {m['test_n']} test films. "
+             f"Validation MAE {m['val_mae']:.2f} (the saved model, bias-corrected; per epoch before the correction the "
+             f"best was {best['val_mae']:.2f}, epoch {best['epoch']}); {m['test_n']} test films. "
              "By sex: " + ", ".join(f"{k} {v:.2f}" for k, v in m["by_sex"].items()) + ". By band: " +
-             ", ".join(f"{k} {v['mae']:.1f} ({v['n']} films)" for k, v in m["by_age_band"].items()) + ".",
+             ", ".join(f"{k} {v['mae']:.1f} ({v['n']} films)" for k, v in _bands_in_order(m["by_age_band"])) + ".",
              f"Goal ≤ 0.35× predict-the-mean: {'met' if m['ratio'] <= 0.35 else 'missed'} ({m['ratio']:.2f}×).", "",
              f"![validation MAE against training images seen](docs/{CURVE_PNG.name})", ""]
     return lines
+
+
+def _bands_in_order(bands: dict) -> list[tuple[str, dict]]:
+    """Age bands youngest first ("2-6y" before "10-14y", which a string sort gets wrong)."""
+    return sorted(bands.items(), key=lambda kv: float(kv[0].split("-")[0]))
 
 
 def _variant_lines(variants: dict) -> list[str]:

@@ -223,7 +223,9 @@ def test_mlflow_ui_shows_the_run_and_its_test_mae_in_chromium(project, stack, st
         assert listing.returncode == 0, listing.stderr[-2000:]
         assert run_info.info.run_name in listing.stdout, "the run is not listed on the experiment's runs page"
         run_page = f"{base}/#/experiments/{run_info.info.experiment_id}/runs/{run_id}"
-        detail = chromium(["--dump-dom", run_page], tmp_path / "profile-run")
+        # The run page lists metrics in a virtualised table: only the rows inside the window are in
+        # the DOM, so the window is made tall enough to hold all of them.
+        detail = chromium(["--dump-dom", "--window-size=1600,8000", run_page], tmp_path / "profile-run")
         assert "test_mae" in detail.stdout and f"{test_mae:.2f}"[:-1] in detail.stdout, "the test MAE is not shown"
 
         ARTIFACTS.mkdir(exist_ok=True)
