@@ -69,11 +69,14 @@ class Box:
     def area(self) -> int:
         return self.width * self.height
 
+    def intersection_area(self, other: Box) -> float:
+        ix = max(0, min(self.x1, other.x1) - max(self.x0, other.x0))
+        iy = max(0, min(self.y1, other.y1) - max(self.y0, other.y0))
+        return ix * iy
+
     def covered_fraction(self, truth: Box) -> float:
         """The share of ``truth``'s area that lies inside this box."""
-        ix = max(0, min(self.x1, truth.x1) - max(self.x0, truth.x0))
-        iy = max(0, min(self.y1, truth.y1) - max(self.y0, truth.y0))
-        return ix * iy / truth.area if truth.area else 0.0
+        return self.intersection_area(truth) / truth.area if truth.area else 0.0
 
     def is_good_crop_of(self, truth: Box) -> bool:
         """The crop-quality rule against a person's hand box: it holds the hand, and not much more."""
@@ -81,10 +84,8 @@ class Box:
                 and self.area <= GOOD_CROP_MAX_AREA_RATIO * truth.area)
 
     def iou(self, other: Box) -> float:
-        ix = max(0, min(self.x1, other.x1) - max(self.x0, other.x0))
-        iy = max(0, min(self.y1, other.y1) - max(self.y0, other.y0))
-        inter = ix * iy
-        union = self.width * self.height + other.width * other.height - inter
+        inter = self.intersection_area(other)
+        union = self.area + other.area - inter
         return inter / union if union else 0.0
 
 
@@ -194,10 +195,10 @@ def _hugs_the_edges(component: np.ndarray) -> bool:
 
 
 def _hand_level(values: np.ndarray, fraction: float) -> float:
-    """Half way between the background (the darkest tenth: a hand never covers 90% of its field)
-    and Otsu's level. Otsu alone can split soft tissue from bone when the hand fills the film;
-    half way keeps the soft tissue of the fingertips. The brightest pixels (markers, labels) are
-    clipped first, so that a bright "L" on a low-contrast film does not set Otsu's level."""
+    """``fraction`` of the way from the background (the darkest tenth: a hand never covers 90% of
+    its field) to Otsu's level: Otsu alone can split soft tissue from bone when the hand fills the
+    film. The brightest pixels (markers, labels) are clipped first, so that a bright "L" on a
+    low-contrast film does not set Otsu's level."""
     background = uint8_percentile(values, BACKGROUND_PERCENTILE)
     clipped = np.minimum(values, np.uint8(uint8_percentile(values, MARKER_PERCENTILE)))
     otsu, _ = cv2.threshold(clipped.reshape(1, -1), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)

@@ -238,25 +238,31 @@ def _read_and_admit(predictor: Predictor, path: Path, sex, chronological_age) ->
     return predictor.admit(radiograph, str(path), sex, chronological_age)
 
 
-def predict_files(predictor: Predictor, paths: list[Path], sex=None, chronological_age=None,
-                  batch_size: int = DEFAULT_BATCH, workers: int = 0) -> list[Prediction]:
-    """Predictions in input order. Files are read and prepared on a thread pool (OpenCV releases
-    the GIL while it decodes and resizes) and scored ``batch_size`` at a time: one model call per
-    batch instead of one per image."""
+def _score_in_batches(predictor: Predictor, items: list, admit, batch_size: int, workers: int,
+                      unit: str) -> list[Prediction]:
+    """Predictions in input order. Items are read and prepared by ``admit`` on a thread pool (OpenCV
+    releases the GIL while it decodes and resizes) and scored ``batch_size`` at a time: one model
+    call per batch instead of one per image."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm import tqdm
 
-    files = expand_inputs(paths)
     results: list[Prediction] = []
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool, \
-            tqdm(total=len(files), desc="predict", unit="img", disable=len(files) < 2) as bar:
-        for first in range(0, len(files), batch_size):
-            chunk = files[first : first + batch_size]
-            admitted = list(pool.map(lambda p: _read_and_admit(predictor, p, sex, chronological_age), chunk))
-            results.extend(predictor.finish(admitted, batch_size))
+            tqdm(total=len(items), desc="predict", unit=unit, disable=len(items) < 2) as bar:
+        for first in range(0, len(items), batch_size):
+            chunk = items[first : first + batch_size]
+            results.extend(predictor.finish(list(pool.map(admit, chunk)), batch_size))
             bar.update(len(chunk))
     return results
+
+
+def predict_files(predictor: Predictor, paths: list[Path], sex=None, chronological_age=None,
+                  batch_size: int = DEFAULT_BATCH, workers: int = 0) -> list[Prediction]:
+    """Predictions for files and folders of them, in input order, all with one sex and age."""
+    return _score_in_batches(predictor, expand_inputs(paths),
+                             lambda p: _read_and_admit(predictor, p, sex, chronological_age),
+                             batch_size, workers, unit="img")
 
 
 # A worklist: one film per row, its sex and optionally an id and the chronological age (months).
@@ -319,19 +325,8 @@ def _admit_worklist_row(predictor: Predictor, row: WorklistRow) -> _Admitted:
 def predict_worklist(predictor: Predictor, rows: list[WorklistRow], batch_size: int = DEFAULT_BATCH,
                      workers: int = 0) -> list[Prediction]:
     """One prediction or one rejection per worklist row, in order; a bad row never stops the others."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tqdm import tqdm
-
-    results: list[Prediction] = []
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool, \
-            tqdm(total=len(rows), desc="predict", unit="row", disable=len(rows) < 2) as bar:
-        for first in range(0, len(rows), batch_size):
-            chunk = rows[first : first + batch_size]
-            admitted = list(pool.map(lambda r: _admit_worklist_row(predictor, r), chunk))
-            results.extend(predictor.finish(admitted, batch_size))
-            bar.update(len(chunk))
-    return results
+    return _score_in_batches(predictor, rows, lambda r: _admit_worklist_row(predictor, r),
+                             batch_size, workers, unit="row")
 
 
 def worklist_table(rows: list[WorklistRow], results: list[Prediction]):
