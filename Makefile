@@ -24,7 +24,7 @@ IMAGE ?= $(REGISTRY)/boneage-gpu:$(VERSION)
 IMAGE_CPU ?= $(REGISTRY)/boneage-cpu:$(VERSION)
 PIPELINE_YAML ?= pipeline/boneage-pipeline.yaml
 
-.PHONY: setup system-deps test test-fast demo pipeline real-data bench-real plots bench bench-gpu mlflow-ui clean help services services-down image lint-docker compile kfp-local submit
+.PHONY: setup system-deps test test-fast demo pipeline real-data bench-real plots bench bench-gpu mlflow-ui serve lint clean help services services-down image lint-docker compile kfp-local submit
 
 help:
 	@echo "make setup   install system packages and the pinned Python environment in $(VENV)"
@@ -34,6 +34,7 @@ help:
 	@echo "make bench   speed and memory benchmarks -> benchmarks/results.{json,md} and the README"
 	@echo "make bench-gpu   training images/s on an NVIDIA GPU (benchmarks/gpu.sh)"
 	@echo "make mlflow-ui / make plots   look at the runs and the DVC plots"
+	@echo "make serve [MODEL=models:/NAME@champion] [PORT=5002]   the registered model as a REST endpoint"
 	@echo "make image REGISTRY=...   build and push the GPU and CPU images (needs Docker)"
 	@echo "make compile REGISTRY=... / make submit KFP_HOST=...   the Kubeflow pipeline on a cluster"
 	@echo "make kfp-local   the Kubeflow pipeline here, with kfp.local"
@@ -50,6 +51,11 @@ system-deps:
 # Reinstalls only when the pins change. requirements.lock pins the whole tree; pyproject.toml the direct deps.
 $(STAMP): pyproject.toml requirements.lock
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=python3.12"; exit 1; }
+	@# Debian splits venv (and the pip it bootstraps) out of the interpreter: python3.11-venv.
+	@$(PYTHON) -c "import venv, ensurepip" 2>/dev/null || { \
+	  pkg=$$(basename $(PYTHON))-venv; echo "installing Debian package: $$pkg"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$pkg; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c requirements.lock -e '.[$(EXTRAS)]'
@@ -57,8 +63,13 @@ $(STAMP): pyproject.toml requirements.lock
 
 setup: system-deps $(STAMP)
 
-test: setup
+test: setup lint
 	$(BIN)/python -m pytest
+
+# ruff: lint and format check over the whole codebase (pyproject.toml [tool.ruff]).
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
@@ -152,6 +163,15 @@ services-down: setup
 
 mlflow-ui: setup
 	mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
+
+# The registered model behind a REST endpoint (POST /invocations), from the project's environment
+# (mlflow's server needs uvicorn from .venv/bin on PATH). After `make demo` the champion is
+# models:/boneage-synthetic@champion; real-data models register as boneage.
+MODEL ?= models:/boneage@champion
+PORT ?= 5002
+MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
+serve: setup
+	MLFLOW_TRACKING_URI=$(MLFLOW_TRACKING_URI) mlflow models serve -m $(MODEL) --env-manager local -h 127.0.0.1 -p $(PORT)
 
 clean:
 	rm -rf data/ingest data/preprocessed models reports local_outputs .pytest_cache

@@ -27,8 +27,13 @@ SOURCE_FILM_PX = 768  # synthetic films larger than the biggest crop, so 512 px 
 
 def gpu_name() -> str:
     try:
-        return subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                              text=True, check=True).stdout.strip().splitlines()[0]
+        return (
+            subprocess.run(
+                ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, check=True
+            )
+            .stdout.strip()
+            .splitlines()[0]
+        )
     except (OSError, subprocess.CalledProcessError, IndexError):
         return "no GPU"
 
@@ -41,8 +46,18 @@ def images_per_second(size: int, mixed: bool, images: int, steps: int, film_px: 
     batch = params.train.batch_size
     model = build_model(params.model, size, mean, sd).train
     compile_model(model, params, params.train.learning_rate, sd)
-    ds = make_dataset(data, "train", size, batch, target_mean=mean, target_sd=sd, training=True,
-                      augment=params.train.augment, shuffle_buffer=params.train.shuffle_buffer, seed=params.seed)
+    ds = make_dataset(
+        data,
+        "train",
+        size,
+        batch,
+        target_mean=mean,
+        target_sd=sd,
+        training=True,
+        augment=params.train.augment,
+        shuffle_buffer=params.train.shuffle_buffer,
+        seed=params.seed,
+    )
     model.fit(ds, epochs=1, steps_per_epoch=3, verbose=0)  # build and trace
     rates = [fit_images_per_second(model, ds, batch, steps) for _ in range(REPEATS)]
     keras.backend.clear_session()
@@ -68,11 +83,22 @@ def main() -> None:
     if args.smoke:
         print(json.dumps(results))
         return
-    summary = "; ".join(f"{size} px {results[f'{size}px_float32']['img_s']:.0f} → "
-                        f"{results[f'{size}px_mixed_float16']['img_s']:.0f} img/s with mixed precision" for size in sizes)
-    record("gpu_training", {"title": f"GPU training, InceptionV3 + sex, batch {bench_params().train.batch_size} ({card})",
-                            "card": card, "results": results, "summary": summary,
-                            "goal": "measured (no goal set)", "verdict": ""})
+    summary = "; ".join(
+        f"{size} px {results[f'{size}px_float32']['img_s']:.0f} → "
+        f"{results[f'{size}px_mixed_float16']['img_s']:.0f} img/s with mixed precision"
+        for size in sizes
+    )
+    record(
+        "gpu_training",
+        {
+            "title": f"GPU training, InceptionV3 + sex, batch {bench_params().train.batch_size} ({card})",
+            "card": card,
+            "results": results,
+            "summary": summary,
+            "goal": "measured (no goal set)",
+            "verdict": "",
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -16,8 +16,9 @@ import time
 import numpy as np
 
 from benchmarks.common import REPEATS, SAMPLES, WORK, bench_params, record, rounded, verdict
+from boneage.contracts import MODEL_FILE, PREDICTOR_FILE
 from boneage.model import build_model
-from boneage.predict import DEFAULT_BATCH, MODEL_FILE, PREDICTOR_FILE, Predictor, PredictorConfig, predict_files
+from boneage.predict import DEFAULT_BATCH, Predictor, PredictorConfig, predict_files
 
 GOAL_P50_MS = 250.0
 SIZE = 299
@@ -31,9 +32,13 @@ def saved_predictor(size: int) -> Predictor:
     folder.mkdir(parents=True, exist_ok=True)
     model = build_model(params.model, size, target_mean=127.0, target_sd=42.0)
     model.predict.save(folder / MODEL_FILE)
-    PredictorConfig(preprocess=params.preprocess.model_dump(mode="json"), max_image_pixels=params.data.max_image_pixels,
-                    use_sex=params.model.use_sex, interval_level=params.train.interval_level,
-                    interval_halfwidth_months=12.0).write(folder / PREDICTOR_FILE)
+    PredictorConfig(
+        preprocess=params.preprocess.model_dump(mode="json"),
+        max_image_pixels=params.data.max_image_pixels,
+        use_sex=params.model.use_sex,
+        interval_level=params.train.interval_level,
+        interval_halfwidth_months=12.0,
+    ).write(folder / PREDICTOR_FILE)
     return Predictor.load(str(folder))
 
 
@@ -61,15 +66,27 @@ def main() -> None:
         predict_files(predictor, files, sex="F")
         throughputs.append(len(files) / (time.perf_counter() - start))
     p50, p95, throughput = statistics.median(p50s), statistics.median(p95s), statistics.median(throughputs)
-    record("inference", {
-        "title": f"Inference, real film -> bone age, {SIZE} px, model warm",
-        "image_size": SIZE, "images": len(files), "batch_size": DEFAULT_BATCH,
-        "p50_ms": round(p50, 1), "p95_ms": round(p95, 1), "batch_img_s": round(throughput, 2),
-        "runs": {"p50_ms": rounded(p50s), "p95_ms": rounded(p95s), "batch_img_s": rounded(throughputs, 2),
-                 "latencies_ms": latencies_by_run},
-        "summary": f"one image: p50 {p50:.0f} ms, p95 {p95:.0f} ms; batches of {DEFAULT_BATCH}: {throughput:.1f} img/s",
-        "goal": f"p50 <= {GOAL_P50_MS:.0f} ms", "verdict": verdict(p50 <= GOAL_P50_MS),
-    })
+    record(
+        "inference",
+        {
+            "title": f"Inference, real film -> bone age, {SIZE} px, model warm",
+            "image_size": SIZE,
+            "images": len(files),
+            "batch_size": DEFAULT_BATCH,
+            "p50_ms": round(p50, 1),
+            "p95_ms": round(p95, 1),
+            "batch_img_s": round(throughput, 2),
+            "runs": {
+                "p50_ms": rounded(p50s),
+                "p95_ms": rounded(p95s),
+                "batch_img_s": rounded(throughputs, 2),
+                "latencies_ms": latencies_by_run,
+            },
+            "summary": f"one image: p50 {p50:.0f} ms, p95 {p95:.0f} ms; batches of {DEFAULT_BATCH}: {throughput:.1f} img/s",
+            "goal": f"p50 <= {GOAL_P50_MS:.0f} ms",
+            "verdict": verdict(p50 <= GOAL_P50_MS),
+        },
+    )
     print(f"p50 {p50:.1f} ms, p95 {p95:.1f} ms, batch {throughput:.2f} img/s")
 
 

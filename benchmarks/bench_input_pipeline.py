@@ -46,8 +46,18 @@ def main() -> None:
     model = build_model(params.model, size, mean, sd).train
     compile_model(model, params, tcfg.learning_rate, sd)
 
-    pipeline = make_dataset(data, "train", size, tcfg.batch_size, target_mean=mean, target_sd=sd, training=True,
-                            augment=tcfg.augment, shuffle_buffer=tcfg.shuffle_buffer, seed=params.seed)
+    pipeline = make_dataset(
+        data,
+        "train",
+        size,
+        tcfg.batch_size,
+        target_mean=mean,
+        target_sd=sd,
+        training=True,
+        augment=tcfg.augment,
+        shuffle_buffer=tcfg.shuffle_buffer,
+        seed=params.seed,
+    )
     # The same kind of batch, decoded once and held as tensors: what the model runs at with no input cost.
     one_batch = next(iter(pipeline))
     in_memory = tf.data.Dataset.from_tensors(one_batch).repeat()
@@ -58,7 +68,7 @@ def main() -> None:
     datasets = {"tfrecord_pipeline": pipeline, "in_memory": in_memory}
     for pair in range(max(REPEATS, PAIRS)):
         # Which half goes first alternates, so a drift of the machine within a pair cancels out.
-        for name in (list(datasets) if pair % 2 == 0 else list(datasets)[::-1]):
+        for name in list(datasets) if pair % 2 == 0 else list(datasets)[::-1]:
             runs[name].append(fit_images_per_second(model, datasets[name], tcfg.batch_size, TIMED_STEPS))
     alone_runs = [pipeline_images_per_second(pipeline, tcfg.batch_size) for _ in range(REPEATS)]
     alone = statistics.median(alone_runs)
@@ -67,18 +77,29 @@ def main() -> None:
     # 15% between minutes) falls on both halves of a pair instead of on one side of the comparison.
     pair_ratios = [a / b for a, b in zip(runs["tfrecord_pipeline"], runs["in_memory"], strict=True)]
     ratio = statistics.median(pair_ratios)
-    record("input_pipeline", {
-        "title": f"Input pipeline vs. in-memory tensors ({params.model.backbone}, {size} px, batch {tcfg.batch_size})",
-        "image_size": size, "batch_size": tcfg.batch_size, "timed_steps": TIMED_STEPS,
-        "img_s": {k: round(v, 2) for k, v in rate.items()}, "ratio": round(ratio, 3),
-        "pipeline_alone_img_s": round(alone, 1), "pipeline_alone_runs": rounded(alone_runs, 1),
-        "runs": {k: rounded(v, 2) for k, v in runs.items()}, "pair_ratios": rounded(pair_ratios, 3),
-        "summary": (f"{rate['tfrecord_pipeline']:.1f} img/s from TFRecords with augmentation vs "
-                    f"{rate['in_memory']:.1f} img/s from memory (medians); median ratio of the "
-                    f"{len(pair_ratios)} side-by-side pairs {ratio:.2f}; the pipeline alone, with no model "
-                    f"to feed, yields {alone:.0f} img/s ({alone / rate['in_memory']:.0f}x what the model takes)"),
-        "goal": f">= {GOAL}", "verdict": verdict(ratio >= GOAL),
-    })
+    record(
+        "input_pipeline",
+        {
+            "title": f"Input pipeline vs. in-memory tensors ({params.model.backbone}, {size} px, batch {tcfg.batch_size})",
+            "image_size": size,
+            "batch_size": tcfg.batch_size,
+            "timed_steps": TIMED_STEPS,
+            "img_s": {k: round(v, 2) for k, v in rate.items()},
+            "ratio": round(ratio, 3),
+            "pipeline_alone_img_s": round(alone, 1),
+            "pipeline_alone_runs": rounded(alone_runs, 1),
+            "runs": {k: rounded(v, 2) for k, v in runs.items()},
+            "pair_ratios": rounded(pair_ratios, 3),
+            "summary": (
+                f"{rate['tfrecord_pipeline']:.1f} img/s from TFRecords with augmentation vs "
+                f"{rate['in_memory']:.1f} img/s from memory (medians); median ratio of the "
+                f"{len(pair_ratios)} side-by-side pairs {ratio:.2f}; the pipeline alone, with no model "
+                f"to feed, yields {alone:.0f} img/s ({alone / rate['in_memory']:.0f}x what the model takes)"
+            ),
+            "goal": f">= {GOAL}",
+            "verdict": verdict(ratio >= GOAL),
+        },
+    )
     print({k: round(v, 2) for k, v in rate.items()}, f"ratio {ratio:.3f}", f"pipeline alone {alone:.0f} img/s")
 
 

@@ -47,9 +47,15 @@ def scratch_project() -> tuple[Path, dict]:
     params["train"].update({"epochs": 1, "steps_per_epoch": 4})
     params["mlflow"]["log_system_metrics"] = False
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
-           "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@example.org",
-           "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@example.org"}
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "DVC_NO_ANALYTICS": "1",
+        "GIT_AUTHOR_NAME": "bench",
+        "GIT_AUTHOR_EMAIL": "bench@example.org",
+        "GIT_COMMITTER_NAME": "bench",
+        "GIT_COMMITTER_EMAIL": "bench@example.org",
+    }
     env.pop("MLFLOW_TRACKING_URI", None)
     _run(["git", "init", "-q"], work, env)
     _run(["dvc", "init", "-q"], work, env)
@@ -64,33 +70,53 @@ def main() -> None:
     first = _run(["dvc", "repro"], work, env)
     noops = [_run(["dvc", "repro"], work, env) for _ in range(max(REPEATS, 5))]
     noop = statistics.median(noops)
-    record("dvc_noop", {
-        "title": "No-op `dvc repro` (6 stages, 800 images up to date)",
-        "first_repro_seconds": round(first, 1), "seconds": round(noop, 2), "runs": rounded(noops, 2),
-        "summary": f"{noop:.2f} s", "goal": f"<= {GOAL_NOOP_SECONDS:.0f} s", "verdict": verdict(noop <= GOAL_NOOP_SECONDS),
-    })
+    record(
+        "dvc_noop",
+        {
+            "title": "No-op `dvc repro` (6 stages, 800 images up to date)",
+            "first_repro_seconds": round(first, 1),
+            "seconds": round(noop, 2),
+            "runs": rounded(noops, 2),
+            "summary": f"{noop:.2f} s",
+            "goal": f"<= {GOAL_NOOP_SECONDS:.0f} s",
+            "verdict": verdict(noop <= GOAL_NOOP_SECONDS),
+        },
+    )
     print(f"no-op dvc repro: {noop:.2f} s")
 
-    params = load_params(work / "params.yaml", {"mlflow.tracking_uri": f"sqlite:///{work}/mlruns/mlflow.db",
-                                                "mlflow.artifact_root": str(work / "mlruns" / "artifacts")})
+    params = load_params(
+        work / "params.yaml",
+        {"mlflow.tracking_uri": f"sqlite:///{work}/mlruns/mlflow.db", "mlflow.artifact_root": str(work / "mlruns" / "artifacts")},
+    )
     runs = []
     cwd = Path.cwd()
     os.chdir(work)  # the steps resolve data.source and the MLflow store as the CLI would, from the project
     try:
-        for i in range(REPEATS):
+        for _i in range(REPEATS):
             result = run_local(params, {}, work / "local_outputs", project_dir=PROJECT)
-            runs.append({"wall_seconds": round(result.wall_seconds, 2), "steps": result.step_seconds,
-                         "overhead_seconds": round(result.overhead_seconds, 2)})
+            runs.append(
+                {
+                    "wall_seconds": round(result.wall_seconds, 2),
+                    "steps": result.step_seconds,
+                    "overhead_seconds": round(result.overhead_seconds, 2),
+                }
+            )
     finally:
         os.chdir(cwd)
     overhead = statistics.median(r["overhead_seconds"] for r in runs)
     wall = statistics.median(r["wall_seconds"] for r in runs)
-    record("kfp_local_overhead", {
-        "title": "kfp.local pipeline: wall time minus the steps' own work (5 steps)",
-        "wall_seconds": wall, "overhead_seconds": overhead, "runs": runs,
-        "summary": f"{overhead:.1f} s of {wall:.1f} s wall ({overhead / 5:.1f} s per step)",
-        "goal": "measured (no goal set)", "verdict": "",
-    })
+    record(
+        "kfp_local_overhead",
+        {
+            "title": "kfp.local pipeline: wall time minus the steps' own work (5 steps)",
+            "wall_seconds": wall,
+            "overhead_seconds": overhead,
+            "runs": runs,
+            "summary": f"{overhead:.1f} s of {wall:.1f} s wall ({overhead / 5:.1f} s per step)",
+            "goal": "measured (no goal set)",
+            "verdict": "",
+        },
+    )
     print(f"kfp.local: wall {wall:.1f} s, overhead {overhead:.1f} s")
 
 

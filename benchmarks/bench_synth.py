@@ -18,11 +18,18 @@ def main() -> None:
             render(true_age, male, 512, np.random.default_rng([0, 1, i]))
 
     rate, runs = median_rate(one_core, N)
-    record("synth", {
-        "title": "Synthetic radiographs, 512 px, one core",
-        "images": N, "img_s_per_core": round(rate, 1), "runs": rounded(runs),
-        "summary": f"{rate:.1f} img/s", "goal": ">= 20 img/s per core", "verdict": verdict(rate >= 20),
-    })
+    record(
+        "synth",
+        {
+            "title": "Synthetic radiographs, 512 px, one core",
+            "images": N,
+            "img_s_per_core": round(rate, 1),
+            "runs": rounded(runs),
+            "summary": f"{rate:.1f} img/s",
+            "goal": ">= 20 img/s per core",
+            "verdict": verdict(rate >= 20),
+        },
+    )
     print(f"synth: {rate:.1f} img/s per core at 512 px")
 
 

@@ -44,10 +44,16 @@ def cpu_model() -> str:
 
 
 def machine() -> dict:
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
-            "tensorflow": _package_version("tensorflow") if _package_version("tensorflow") != "not installed"
-            else _package_version("tensorflow-cpu"),
-            "keras": _package_version("keras"), "date": date.today().isoformat()}
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "tensorflow": _package_version("tensorflow")
+        if _package_version("tensorflow") != "not installed"
+        else _package_version("tensorflow-cpu"),
+        "keras": _package_version("keras"),
+        "date": date.today().isoformat(),
+    }
 
 
 def median_rate(fn, items: int, repeats: int = REPEATS) -> tuple[float, list[float]]:
@@ -101,10 +107,14 @@ def record(name: str, result: dict) -> None:
 
 def markdown_table(data: dict) -> str:
     m = data["machine"]
-    lines = [f"Machine: {m['cpu']}, {m['cores']} cores, TensorFlow {m.get('tensorflow', '?')}, "
-             f"Python {m['python']}; last measured {m['date']}. Each figure is the median of "
-             f"{REPEATS} or more runs (all runs are in `benchmarks/results.json`).", "",
-             "| benchmark | measured | goal | verdict |", "|---|---|---|---|"]
+    lines = [
+        f"Machine: {m['cpu']}, {m['cores']} cores, TensorFlow {m.get('tensorflow', '?')}, "
+        f"Python {m['python']}; last measured {m['date']}. Each figure is the median of "
+        f"{REPEATS} or more runs (all runs are in `benchmarks/results.json`).",
+        "",
+        "| benchmark | measured | goal | verdict |",
+        "|---|---|---|---|",
+    ]
     for name, r in data.items():
         if name == "machine" or not isinstance(r, dict):
             continue
@@ -144,8 +154,7 @@ def prepared_synthetic(count: int, image_size: int, seed: int = 0, film_px: int 
         return out / "preprocessed"
     raw = out / "raw"
     if not (raw / "boneage-training-dataset.csv").is_file():
-        write_dataset(raw, count, seed, size=film_px,
-                      label_noise_sd=params.data.synthetic.label_noise_sd_months)
+        write_dataset(raw, count, seed, size=film_px, label_noise_sd=params.data.synthetic.label_noise_sd_months)
     result = ingest(params, out / "ingest", source=str(raw))
     preprocess(params, result.manifest_path, out / "preprocessed")
     return out / "preprocessed"

@@ -21,13 +21,18 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, required=True)
     parser.add_argument("--mlruns", type=Path, required=True)
     args = parser.parse_args()
-    params = bench_params(**{
-        "preprocess.image_size": args.image_size, "train.epochs": 1, "train.steps_per_epoch": None,
-        # Precise BN in passes of 32, as the README's real-data recipe sets it for 299 px.
-        "train.bn_recalibration_batch_size": 32,
-        "mlflow.tracking_uri": f"sqlite:///{args.mlruns.resolve()}/mlflow.db",
-        "mlflow.artifact_root": str(args.mlruns.resolve() / "artifacts"), "mlflow.log_system_metrics": False,
-    })
+    params = bench_params(
+        **{
+            "preprocess.image_size": args.image_size,
+            "train.epochs": 1,
+            "train.steps_per_epoch": None,
+            # Precise BN in passes of 32, as the README's real-data recipe sets it for 299 px.
+            "train.bn_recalibration_batch_size": 32,
+            "mlflow.tracking_uri": f"sqlite:///{args.mlruns.resolve()}/mlflow.db",
+            "mlflow.artifact_root": str(args.mlruns.resolve() / "artifacts"),
+            "mlflow.log_system_metrics": False,
+        }
+    )
     start = time.perf_counter()
     train(params, args.data, args.out)
     seconds = time.perf_counter() - start

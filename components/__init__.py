@@ -21,6 +21,4 @@ STEPS = (ingest, preprocess, train, evaluate, register)
 def build(image: str) -> SimpleNamespace:
     """The five components, all running in ``image``. The image already holds kfp and boneage,
     so nothing is pip-installed when a pod starts (clusters need not reach PyPI)."""
-    return SimpleNamespace(**{
-        step.__name__: dsl.component(step, base_image=image, install_kfp_package=False) for step in STEPS
-    })
+    return SimpleNamespace(**{step.__name__: dsl.component(step, base_image=image, install_kfp_package=False) for step in STEPS})

@@ -34,13 +34,31 @@ def tile(img: np.ndarray, label: str) -> np.ndarray:
 def synthetic_vs_real(real_dir: Path | None, out: Path) -> None:
     rows = []
     for male in (True, False):
-        rows.append(np.hstack([tile(render(years * 12 + 6, male, 512, np.random.default_rng(years))[0],
-                                    f"synth {'M' if male else 'F'} {years}y") for years in range(0, 20, 2)]))
+        rows.append(
+            np.hstack(
+                [
+                    tile(
+                        render(years * 12 + 6, male, 512, np.random.default_rng(years))[0],
+                        f"synth {'M' if male else 'F'} {years}y",
+                    )
+                    for years in range(0, 20, 2)
+                ]
+            )
+        )
     if real_dir and (real_dir / "boneage-training-dataset.csv").exists():
         labels = pd.read_csv(real_dir / "boneage-training-dataset.csv").sort_values("boneage")
         picks = labels.iloc[np.linspace(0, len(labels) - 1, 10).astype(int)]
-        rows.append(np.hstack([tile(read_radiograph(real_dir / "boneage-training-dataset" / f"{r.id}.png", 10**8).pixels,
-                                    f"real {'M' if r.male else 'F'} {r.boneage / 12:.1f}y") for r in picks.itertuples()]))
+        rows.append(
+            np.hstack(
+                [
+                    tile(
+                        read_radiograph(real_dir / "boneage-training-dataset" / f"{r.id}.png", 10**8).pixels,
+                        f"real {'M' if r.male else 'F'} {r.boneage / 12:.1f}y",
+                    )
+                    for r in picks.itertuples()
+                ]
+            )
+        )
     cv2.imwrite(str(out), np.vstack(rows))
 
 

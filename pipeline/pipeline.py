@@ -38,8 +38,10 @@ def build(params: Params):
     # value would break.
     params_text = json.dumps(params.model_dump(mode="json"), sort_keys=True)
 
-    @dsl.pipeline(name=cfg.pipeline_name,
-                  description="Pediatric bone age from hand radiographs: ingest, preprocess, train, evaluate, register")
+    @dsl.pipeline(
+        name=cfg.pipeline_name,
+        description="Pediatric bone age from hand radiographs: ingest, preprocess, train, evaluate, register",
+    )
     def boneage_pipeline(
         source_uri: str = params.data.source,
         data_version: str = "",
@@ -58,9 +60,15 @@ def build(params: Params):
         preprocess = steps.preprocess(params_yaml=params_yaml, image_size=image_size, raw=ingest.outputs["dataset"])
         preprocess.set_cpu_request(cfg.step_cpu).set_memory_request(cfg.step_memory).set_display_name("preprocess")
 
-        train = steps.train(params_yaml=params_yaml, image_size=image_size, epochs=epochs, backbone=backbone,
-                            mlflow_tracking_uri=mlflow_tracking_uri, experiment=experiment,
-                            data=preprocess.outputs["tfrecords"])
+        train = steps.train(
+            params_yaml=params_yaml,
+            image_size=image_size,
+            epochs=epochs,
+            backbone=backbone,
+            mlflow_tracking_uri=mlflow_tracking_uri,
+            experiment=experiment,
+            data=preprocess.outputs["tfrecords"],
+        )
         # A retried training pod resumes from the checkpoint in its model artifact.
         _network_step(train, params, retries=1).set_display_name("train")
         train.set_cpu_request(cfg.train_cpu).set_memory_request(cfg.train_memory)
@@ -71,16 +79,27 @@ def build(params: Params):
             kubernetes.add_toleration(train, key=tol.key, operator=tol.operator, value=tol.value, effect=tol.effect)
         train.set_caching_options(enable_caching=cfg.cache_training)
 
-        evaluate = steps.evaluate(params_yaml=params_yaml, image_size=image_size,
-                                  mlflow_tracking_uri=mlflow_tracking_uri, experiment=experiment,
-                                  mlflow_run_id=train.outputs["Output"], data=preprocess.outputs["tfrecords"],
-                                  model=train.outputs["model"])
+        evaluate = steps.evaluate(
+            params_yaml=params_yaml,
+            image_size=image_size,
+            mlflow_tracking_uri=mlflow_tracking_uri,
+            experiment=experiment,
+            mlflow_run_id=train.outputs["Output"],
+            data=preprocess.outputs["tfrecords"],
+            model=train.outputs["model"],
+        )
         _network_step(evaluate, params).set_display_name("evaluate")
 
         # The registry decision depends on the champion at the time: never served from the cache.
-        register = steps.register(params_yaml=params_yaml, source_uri=source_uri, mlflow_tracking_uri=mlflow_tracking_uri,
-                                  experiment=experiment, mlflow_run_id=train.outputs["Output"],
-                                  model=train.outputs["model"], evaluation=evaluate.outputs["evaluation"])
+        register = steps.register(
+            params_yaml=params_yaml,
+            source_uri=source_uri,
+            mlflow_tracking_uri=mlflow_tracking_uri,
+            experiment=experiment,
+            mlflow_run_id=train.outputs["Output"],
+            model=train.outputs["model"],
+            evaluation=evaluate.outputs["evaluation"],
+        )
         _network_step(register, params).set_display_name("register").set_caching_options(enable_caching=False)
 
     return boneage_pipeline

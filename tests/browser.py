@@ -17,8 +17,17 @@ from pathlib import Path
 import requests
 import websocket
 
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--remote-debugging-port=0", "--remote-allow-origins=*"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--remote-debugging-port=0",
+    "--remote-allow-origins=*",
+]
 START_TIMEOUT_S = 60
 POLL_S = 0.5
 
@@ -42,8 +51,7 @@ class Page:
         self.call("Page.navigate", url=url)
 
     def text(self) -> str:
-        result = self.call("Runtime.evaluate", expression="document.body ? document.body.innerText : ''",
-                           returnByValue=True)
+        result = self.call("Runtime.evaluate", expression="document.body ? document.body.innerText : ''", returnByValue=True)
         return result.get("result", {}).get("value", "") or ""
 
     def wait_for_text(self, needles: list[str], timeout_s: float) -> str:
@@ -72,8 +80,11 @@ def chromium(profile: Path, width: int = 1600, height: int = 1200):
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     assert exe, "chromium is missing: `make setup` installs Debian's chromium package"
     profile.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen([exe, *FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}",
-                             "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [exe, *FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}", "about:blank"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     page = None
     try:
         port_file = profile / "DevToolsActivePort"

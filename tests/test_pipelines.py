@@ -16,6 +16,7 @@ import sys
 import threading
 from pathlib import Path
 
+import browser
 import mlflow
 import pandas as pd
 import psycopg2
@@ -24,8 +25,6 @@ import requests
 import yaml
 
 from boneage import gcs, services
-
-import browser
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -59,10 +58,17 @@ def project(tmp_path_factory, stack) -> tuple[Path, dict, subprocess.CompletedPr
     params["model"].update({"backbone": "small_cnn", "head_units": [32]})
     params["mlflow"]["log_system_metrics"] = False
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
-           "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.org",
-           "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.org", **stack.client_env(),
-           "BONEAGE_TEST_PG_DSN": stack.postgres_dsn}
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "DVC_NO_ANALYTICS": "1",
+        "GIT_AUTHOR_NAME": "test",
+        "GIT_AUTHOR_EMAIL": "test@example.org",
+        "GIT_COMMITTER_NAME": "test",
+        "GIT_COMMITTER_EMAIL": "test@example.org",
+        **stack.client_env(),
+        "BONEAGE_TEST_PG_DSN": stack.postgres_dsn,
+    }
     run(["git", "init", "-q"], work, env)
     run(["dvc", "init", "-q"], work, env)
     shutil.copy(REPO / ".dvc" / "config", work / ".dvc" / "config")  # the offline plot template
@@ -84,8 +90,9 @@ def test_dvc_repro_end_to_end_then_noop(project):
     run_id = json.loads((work / "models" / "run.json").read_text())["run_id"]
     password = env["MLFLOW_TRACKING_PASSWORD"]
     with psycopg2.connect(env["BONEAGE_TEST_PG_DSN"]) as conn, conn.cursor() as cur:
-        cur.execute("SELECT value FROM params WHERE run_uuid = %s UNION ALL SELECT value FROM tags WHERE run_uuid = %s",
-                    (run_id, run_id))
+        cur.execute(
+            "SELECT value FROM params WHERE run_uuid = %s UNION ALL SELECT value FROM tags WHERE run_uuid = %s", (run_id, run_id)
+        )
         logged = [row[0] for row in cur.fetchall()]
     assert logged and not any(password in str(v) for v in logged)
     assert password not in first.stdout + first.stderr
@@ -123,8 +130,10 @@ def test_kfp_local_run_matches_dvc_repro(project, stack, stack_env, tmp_path):
     proc = run(["boneage", "pipeline", "run-local", "--project-dir", str(REPO), "--pipeline-root", str(root)], work, env)
     assert "local pipeline run finished" in proc.stdout
     # Each step records its own work on its artifact; the CLI splits the wall time with it.
-    assert all(f"{step} " in proc.stdout.split("steps' own work:")[1] for step in ("ingest", "preprocess", "train",
-                                                                                   "evaluate", "register"))
+    assert all(
+        f"{step} " in proc.stdout.split("steps' own work:")[1]
+        for step in ("ingest", "preprocess", "train", "evaluate", "register")
+    )
 
     def artifact(step: str, name: str) -> Path:
         found = sorted(root.glob(f"*/{step}/{name}"))
@@ -175,8 +184,16 @@ def auth_proxy(target: str, auth: tuple[str, str]):
     """A proxy on 127.0.0.1 that adds basic-auth credentials to every request. Chromium cannot carry
     them itself: with user:password@ in the page URL, the UI's fetch() calls are refused ("Request
     cannot be constructed from a URL that includes credentials")."""
-    hop = {"host", "authorization", "accept-encoding", "connection", "content-length", "transfer-encoding",
-           "content-encoding", "keep-alive"}
+    hop = {
+        "host",
+        "authorization",
+        "accept-encoding",
+        "connection",
+        "content-length",
+        "transfer-encoding",
+        "content-encoding",
+        "keep-alive",
+    }
 
     class Forward(http.server.BaseHTTPRequestHandler):
         def _forward(self):
@@ -228,7 +245,8 @@ def test_mlflow_ui_shows_the_run_and_its_test_mae_in_chromium(project, stack, st
             detail = page.wait_for_text(["test_mae"], UI_TIMEOUT_S)
             shown = metric_values_shown(detail, "test_mae")
             assert any(abs(v - test_mae) < UI_VALUE_TOLERANCE for v in shown), (
-                f"the run page does not show test_mae = {test_mae:.3f} (values next to it: {shown}):\n{detail[-3000:]}")
+                f"the run page does not show test_mae = {test_mae:.3f} (values next to it: {shown}):\n{detail[-3000:]}"
+            )
         with browser.chromium(tmp_path / "profile-shot") as page:
             page.goto(run_page)
             page.wait_for_text(["test_mae"], UI_TIMEOUT_S)
@@ -245,7 +263,7 @@ def metric_values_shown(text: str, metric: str) -> list[float]:
     for i, line in enumerate(lines):
         cells = line.split("\t")
         if metric in cells:
-            candidates = cells[cells.index(metric) + 1:] + lines[i + 1:i + 2]
+            candidates = cells[cells.index(metric) + 1 :] + lines[i + 1 : i + 2]
             for cell in candidates:
                 with contextlib.suppress(ValueError):
                     values.append(float(cell))

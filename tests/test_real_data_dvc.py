@@ -23,8 +23,10 @@ VENV = Path(sys.executable).parent.parent
 FILMS = 300
 # A few steps of a small CNN: what is under test is the path (versioning, fetching, the stages,
 # the registry), not accuracy (benchmarks/bench_real.py measures that).
-TINY_BUDGET = ("-S ++train.epochs=1 -S ++train.steps_per_epoch=2 -S ++train.batch_size=16 -S ++model.backbone=small_cnn "
-               "-S ++train.bn_recalibration_images=32 -S mlflow.log_system_metrics=false")
+TINY_BUDGET = (
+    "-S ++train.epochs=1 -S ++train.steps_per_epoch=2 -S ++train.batch_size=16 -S ++model.backbone=small_cnn "
+    "-S ++train.bn_recalibration_images=32 -S mlflow.log_system_metrics=false"
+)
 
 
 def run(cmd: list[str], cwd: Path, env: dict, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -47,9 +49,16 @@ def _real_subset(dest: Path) -> dict[Path, bytes]:
 def test_dvc_versions_a_real_dataset_then_a_fresh_clone_trains_on_it(stack, tmp_path):
     if not (REPO / ".git").is_dir():
         pytest.skip("needs the project's git checkout to clone")
-    env = {**os.environ, **stack.client_env(), "PATH": f"{VENV / 'bin'}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
-           "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.org",
-           "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.org"}
+    env = {
+        **os.environ,
+        **stack.client_env(),
+        "PATH": f"{VENV / 'bin'}:{os.environ['PATH']}",
+        "DVC_NO_ANALYTICS": "1",
+        "GIT_AUTHOR_NAME": "test",
+        "GIT_AUTHOR_EMAIL": "test@example.org",
+        "GIT_COMMITTER_NAME": "test",
+        "GIT_COMMITTER_EMAIL": "test@example.org",
+    }
     origin = tmp_path / "origin"
     run(["git", "clone", "-q", str(REPO), str(origin)], tmp_path, env)
     originals = _real_subset(origin / "data" / "raw")
@@ -69,8 +78,7 @@ def test_dvc_versions_a_real_dataset_then_a_fresh_clone_trains_on_it(stack, tmp_
     assert not (clone / "data" / "raw").exists()
     run(["dvc", "remote", "modify", "--local", "gcs", "endpointurl", stack.gcs_endpoint], clone, env)
     run(["dvc", "pull", "data.dvc"], clone, env)
-    restored = {p.relative_to(clone / "data" / "raw"): p.read_bytes()
-                for p in (clone / "data" / "raw").rglob("*") if p.is_file()}
+    restored = {p.relative_to(clone / "data" / "raw"): p.read_bytes() for p in (clone / "data" / "raw").rglob("*") if p.is_file()}
     assert restored == originals
 
     # `make real-data` in the clone, with this environment (VENV=...): its sources are a clone's,

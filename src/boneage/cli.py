@@ -11,16 +11,17 @@ from typing import Annotated
 import typer
 
 from boneage.config import DEFAULT_PARAMS_PATH, load_params
+from boneage.contracts import CONTACT_SHEET_FILE
 from boneage.errors import BadInputError, BoneageError
 
 app = typer.Typer(help="Pediatric bone age from hand radiographs.", no_args_is_help=True, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Datasets: the synthetic embedded default.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-pipeline_app = typer.Typer(help="The Kubeflow pipeline: compile, run locally with kfp.local, submit to a cluster.",
-                           no_args_is_help=True)
+pipeline_app = typer.Typer(
+    help="The Kubeflow pipeline: compile, run locally with kfp.local, submit to a cluster.", no_args_is_help=True
+)
 app.add_typer(pipeline_app, name="pipeline")
-services_app = typer.Typer(help="The local service stack: PostgreSQL, a GCS emulator, an MLflow server.",
-                           no_args_is_help=True)
+services_app = typer.Typer(help="The local service stack: PostgreSQL, a GCS emulator, an MLflow server.", no_args_is_help=True)
 app.add_typer(services_app, name="services")
 
 ParamsOption = Annotated[Path, typer.Option("--params", help="params.yaml to read")]
@@ -50,10 +51,8 @@ def ingest(
 ) -> None:
     """Validate an RSNA-format dataset and split it into train/val/test."""
     from boneage.ingest import ingest as run_ingest
-    from boneage.synth import resolve_source
 
-    cfg = load_params(params)
-    result = run_ingest(cfg, out, source=resolve_source(cfg, source))
+    result = run_ingest(load_params(params), out, source=source)
     counts = result.manifest["split"].value_counts().to_dict()
     typer.echo(
         f"manifest: {len(result.manifest)} images {counts} -> {result.manifest_path}\n"
@@ -74,7 +73,7 @@ def preprocess(
     from boneage.preprocess import preprocess as run_preprocess
 
     rows = run_preprocess(load_params(params), manifest, out)
-    typer.echo(f"preprocessed {len(rows)} images -> {out} (contact sheet: {out / 'contact_sheet.png'})")
+    typer.echo(f"preprocessed {len(rows)} images -> {out} (contact sheet: {out / CONTACT_SHEET_FILE})")
 
 
 @app.command()
@@ -88,8 +87,10 @@ def train(
     from boneage.train import train as run_train
 
     result = run_train(load_params(params), data, out)
-    typer.echo(f"trained {result.epochs_run} epochs, best validation MAE {result.best_val_mae:.2f} months; "
-               f"model -> {result.model_path}; MLflow run {result.run_id}")
+    typer.echo(
+        f"trained {result.epochs_run} epochs, best validation MAE {result.best_val_mae:.2f} months; "
+        f"model -> {result.model_path}; MLflow run {result.run_id}"
+    )
 
 
 @app.command()
@@ -155,13 +156,22 @@ def _prediction_line(r) -> str:
 @friendly_errors
 def predict(
     images: Annotated[list[Path] | None, typer.Argument(help="PNG, JPEG or DICOM files, or folders of them")] = None,
-    table: Annotated[Path | None, typer.Option(
-        "--table", help="a worklist CSV: path, sex, optional id and chronological_age (months); "
-                        "relative paths resolve against the CSV's folder")] = None,
+    table: Annotated[
+        Path | None,
+        typer.Option(
+            "--table",
+            help="a worklist CSV: path, sex, optional id and chronological_age (months); "
+            "relative paths resolve against the CSV's folder",
+        ),
+    ] = None,
     sex: Annotated[str | None, typer.Option("--sex", help="M or F (DICOM: PatientSex when not given)")] = None,
-    chronological_age: Annotated[float | None, typer.Option(
-        "--chronological-age", help="months; adds BA-CA, the Greulich-Pyle SDS and a call (DICOM: PatientAge)")] = None,
-    model: Annotated[str, typer.Option("--model", help="training output folder or MLflow model URI")] = "models:/boneage@champion",
+    chronological_age: Annotated[
+        float | None,
+        typer.Option("--chronological-age", help="months; adds BA-CA, the Greulich-Pyle SDS and a call (DICOM: PatientAge)"),
+    ] = None,
+    model: Annotated[
+        str, typer.Option("--model", help="training output folder or MLflow model URI")
+    ] = "models:/boneage@champion",
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
     out: Annotated[Path | None, typer.Option("--out", help="with --table: write the scored worklist to this CSV")] = None,
     report: Annotated[Path | None, typer.Option("--report", help="write an HTML + PNG report per image here")] = None,
@@ -172,7 +182,8 @@ def predict(
     Exits 1 if any image was rejected (each rejection says why)."""
     import json
 
-    from boneage.predict import Predictor, parse_age, parse_sex, predict_files, predict_worklist, read_worklist
+    from boneage.contracts import parse_optional_age, parse_sex
+    from boneage.predict import Predictor, predict_files, predict_worklist, read_worklist
 
     if bool(images) == (table is not None):
         raise BoneageError("give either images or --table WORKLIST.csv (not both)")
@@ -183,7 +194,7 @@ def predict(
     try:  # a bad option is the caller's mistake for every image: refuse before loading anything
         if sex is not None:
             parse_sex(sex)
-        parse_age(chronological_age)
+        parse_optional_age(chronological_age, "chronological age")
     except BadInputError as exc:
         raise BoneageError(exc.reason) from None
     worklist = read_worklist(table) if table is not None else None
@@ -207,7 +218,7 @@ def predict(
                 result_page = write_report(predictor, result, report)
                 typer.echo(f"report: {result_page}", err=True)
     if out is not None:
-        from boneage.ingest import write_csv_atomic
+        from boneage.contracts import write_csv_atomic
         from boneage.predict import worklist_table
 
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -235,9 +246,15 @@ def data_synth(
     out: Annotated[Path | None, typer.Option("--out", help="folder for the Kaggle layout; default: data.synthetic_dir")] = None,
     count: Annotated[int | None, typer.Option("--count", min=1, help="default: data.synthetic.count")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="default: seed")] = None,
-    size: Annotated[int | None, typer.Option("--size", min=64, max=4096, help="longest side; default: data.synthetic.image_size")] = None,
-    workers: Annotated[int | None, typer.Option("--workers", min=0, help="0: one per core; default: data.synthetic.workers")] = None,
-    label_noise_sd: Annotated[float | None, typer.Option("--label-noise-sd", min=0.0, help="default: data.synthetic.label_noise_sd_months")] = None,
+    size: Annotated[
+        int | None, typer.Option("--size", min=64, max=4096, help="longest side; default: data.synthetic.image_size")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=0, help="0: one per core; default: data.synthetic.workers")
+    ] = None,
+    label_noise_sd: Annotated[
+        float | None, typer.Option("--label-noise-sd", min=0.0, help="default: data.synthetic.label_noise_sd_months")
+    ] = None,
     params: ParamsOption = DEFAULT_PARAMS_PATH,
 ) -> None:
     """Write synthetic RSNA-format radiographs whose anatomy follows bone age (settings from
@@ -248,10 +265,14 @@ def data_synth(
     synthetic = cfg.data.synthetic
     out = out or Path(cfg.data.synthetic_dir)
     count = synthetic.count if count is None else count
-    csv_path = write_dataset(out, count=count, seed=cfg.seed if seed is None else seed,
-                             size=synthetic.image_size if size is None else size,
-                             workers=synthetic.workers if workers is None else workers,
-                             label_noise_sd=synthetic.label_noise_sd_months if label_noise_sd is None else label_noise_sd)
+    csv_path = write_dataset(
+        out,
+        count=count,
+        seed=cfg.seed if seed is None else seed,
+        size=synthetic.image_size if size is None else size,
+        workers=synthetic.workers if workers is None else workers,
+        label_noise_sd=synthetic.label_noise_sd_months if label_noise_sd is None else label_noise_sd,
+    )
     typer.echo(f"wrote {count} synthetic radiographs -> {csv_path}")
 
 
@@ -276,9 +297,17 @@ PackageOption = Annotated[Path, typer.Option("--package", help="compiled pipelin
 
 def _pipeline_arguments(source, data_version, image_size, epochs, backbone, gpu_count, gpu_type, mlflow_uri, experiment) -> dict:
     """Only the run-time parameters given on the command line; the rest keep params.yaml's values."""
-    given = {"source_uri": source, "data_version": data_version, "image_size": image_size, "epochs": epochs,
-             "backbone": backbone, "gpu_count": gpu_count, "gpu_type": gpu_type,
-             "mlflow_tracking_uri": mlflow_uri, "experiment": experiment}
+    given = {
+        "source_uri": source,
+        "data_version": data_version,
+        "image_size": image_size,
+        "epochs": epochs,
+        "backbone": backbone,
+        "gpu_count": gpu_count,
+        "gpu_type": gpu_type,
+        "mlflow_tracking_uri": mlflow_uri,
+        "experiment": experiment,
+    }
     return {k: v for k, v in given.items() if v is not None}
 
 
@@ -313,10 +342,17 @@ def pipeline_compile(
 def pipeline_run_local(
     params: ParamsOption = DEFAULT_PARAMS_PATH,
     project_dir: ProjectOption = Path("."),
-    pipeline_root: Annotated[Path, typer.Option("--pipeline-root", help="where kfp.local writes the artifacts")] = Path("local_outputs"),
+    pipeline_root: Annotated[Path, typer.Option("--pipeline-root", help="where kfp.local writes the artifacts")] = Path(
+        "local_outputs"
+    ),
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="reuse kfp.local's cached step outputs")] = False,
-    source: SourceArg = None, data_version: DataVersionArg = None, image_size: ImageSizeArg = None,
-    epochs: EpochsArg = None, backbone: BackboneArg = None, mlflow_uri: MlflowUriArg = None, experiment: ExperimentArg = None,
+    source: SourceArg = None,
+    data_version: DataVersionArg = None,
+    image_size: ImageSizeArg = None,
+    epochs: EpochsArg = None,
+    backbone: BackboneArg = None,
+    mlflow_uri: MlflowUriArg = None,
+    experiment: ExperimentArg = None,
     set_: SetOption = None,
 ) -> None:
     """Run the whole pipeline here with kfp.local (SubprocessRunner, this environment, CPU)."""
@@ -339,16 +375,23 @@ def pipeline_submit(
     token: Annotated[str | None, typer.Option("--token", envvar="KFP_TOKEN", help="bearer token (or $KFP_TOKEN)")] = None,
     namespace: Annotated[str | None, typer.Option("--namespace", help="Kubeflow profile namespace")] = None,
     run_name: Annotated[str | None, typer.Option("--run-name")] = None,
-    source: SourceArg = None, data_version: DataVersionArg = None, image_size: ImageSizeArg = None,
-    epochs: EpochsArg = None, backbone: BackboneArg = None, gpu_count: GpuCountArg = None, gpu_type: GpuTypeArg = None,
-    mlflow_uri: MlflowUriArg = None, experiment: ExperimentArg = None,
+    source: SourceArg = None,
+    data_version: DataVersionArg = None,
+    image_size: ImageSizeArg = None,
+    epochs: EpochsArg = None,
+    backbone: BackboneArg = None,
+    gpu_count: GpuCountArg = None,
+    gpu_type: GpuTypeArg = None,
+    mlflow_uri: MlflowUriArg = None,
+    experiment: ExperimentArg = None,
 ) -> None:
     """Upload the compiled pipeline as a new version and start a run; prints the run's URL."""
     from boneage.kfp_runner import submit
 
     args = _pipeline_arguments(source, data_version, image_size, epochs, backbone, gpu_count, gpu_type, mlflow_uri, experiment)
-    result = submit(load_params(params), host, package, args, experiment=experiment, run_name=run_name,
-                    token=token, namespace=namespace)
+    result = submit(
+        load_params(params), host, package, args, experiment=experiment, run_name=run_name, token=token, namespace=namespace
+    )
     typer.echo(f"submitted run {result.run_id}: {result.run_url}")
 
 
@@ -367,10 +410,12 @@ def services_up(
     from boneage import services
 
     stack = services.start(root, {"postgres": postgres_port, "gcs": gcs_port, "mlflow": mlflow_port})
-    typer.echo(f"PostgreSQL  127.0.0.1:{stack.postgres_port} (data in {root}/postgres)\n"
-               f"GCS         {stack.gcs_endpoint} (buckets {services.ARTIFACT_BUCKET}, {services.DATA_BUCKET})\n"
-               f"MLflow      {stack.mlflow_uri} (user {services.MLFLOW_ADMIN}, basic auth)\n"
-               f"Use them:   eval \"$(boneage services env --root {root})\"")
+    typer.echo(
+        f"PostgreSQL  127.0.0.1:{stack.postgres_port} (data in {root}/postgres)\n"
+        f"GCS         {stack.gcs_endpoint} (buckets {services.ARTIFACT_BUCKET}, {services.DATA_BUCKET})\n"
+        f"MLflow      {stack.mlflow_uri} (user {services.MLFLOW_ADMIN}, basic auth)\n"
+        f'Use them:   eval "$(boneage services env --root {root})"'
+    )
 
 
 @services_app.command("env")

@@ -25,8 +25,10 @@ def grad_cam(predictor: Predictor, image: np.ndarray, male: bool) -> np.ndarray:
     model = predictor.model
     features = model.get_layer("pool").input  # the backbone's feature map, in this model's graph
     probe = keras.Model(model.inputs, [features, model.output])
-    batch = {"image": tf.constant(image.reshape(1, *image.shape[:2], 1).astype(np.uint8)),
-             "male": tf.constant([[1.0 if male else 0.0]], dtype=tf.float32)}
+    batch = {
+        "image": tf.constant(image.reshape(1, *image.shape[:2], 1).astype(np.uint8)),
+        "male": tf.constant([[1.0 if male else 0.0]], dtype=tf.float32),
+    }
     with tf.GradientTape() as tape:
         fmap, age = probe(batch, training=False)
     grads = tape.gradient(age, fmap)
@@ -44,14 +46,27 @@ def grad_cam(predictor: Predictor, image: np.ndarray, male: bool) -> np.ndarray:
 def _growth_chart(ax, prediction: Prediction) -> None:
     male = prediction.sex == "M"
     std = table()[sex_code(male)]
-    ax.fill_between(std.ages / 12, (std.means - SDS_THRESHOLD * std.sds) / 12, (std.means + SDS_THRESHOLD * std.sds) / 12,
-                    color="tab:blue", alpha=0.15, label="mean ± 2 SD")
+    ax.fill_between(
+        std.ages / 12,
+        (std.means - SDS_THRESHOLD * std.sds) / 12,
+        (std.means + SDS_THRESHOLD * std.sds) / 12,
+        color="tab:blue",
+        alpha=0.15,
+        label="mean ± 2 SD",
+    )
     ax.plot(std.ages / 12, std.means / 12, color="tab:blue", label=f"Greulich–Pyle mean ({'boys' if male else 'girls'})")
     if prediction.chronological_age_months is not None:
         lo, hi = prediction.interval_months
         ca, ba = prediction.chronological_age_months / 12, prediction.bone_age_months / 12
-        ax.errorbar([ca], [ba], yerr=[[ba - lo / 12], [hi / 12 - ba]], fmt="o", color="tab:red", capsize=4,
-                    label="this child (90% interval)" if prediction.interval_level == 0.9 else "this child")
+        ax.errorbar(
+            [ca],
+            [ba],
+            yerr=[[ba - lo / 12], [hi / 12 - ba]],
+            fmt="o",
+            color="tab:red",
+            capsize=4,
+            label="this child (90% interval)" if prediction.interval_level == 0.9 else "this child",
+        )
     ax.set_xlabel("chronological age (years)")
     ax.set_ylabel("bone age (years)")
     ax.set_xlim(0, 19)
@@ -62,9 +77,11 @@ def _growth_chart(ax, prediction: Prediction) -> None:
 
 def _numbers(prediction: Prediction) -> list[tuple[str, str]]:
     lo, hi = prediction.interval_months
-    rows = [("Bone age", f"{prediction.bone_age_months:.1f} months ({prediction.bone_age})"),
-            (f"{prediction.interval_level:.0%} interval", f"{lo:.1f}–{hi:.1f} months"),
-            ("Sex", prediction.sex or "")]
+    rows = [
+        ("Bone age", f"{prediction.bone_age_months:.1f} months ({prediction.bone_age})"),
+        (f"{prediction.interval_level:.0%} interval", f"{lo:.1f}–{hi:.1f} months"),
+        ("Sex", prediction.sex or ""),
+    ]
     a = prediction.assessment
     if a:
         rows.append(("Chronological age", f"{a['chronological_age_months']:.1f} months"))

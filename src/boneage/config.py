@@ -12,12 +12,10 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from boneage.contracts import MAX_AGE_MONTHS, MIN_AGE_MONTHS, is_synthetic_source
 from boneage.errors import BoneageError
 
 DEFAULT_PARAMS_PATH = Path("params.yaml")
-# Every dataset `boneage data synth` writes holds this file (the true ages beside the noisy labels):
-# what tells a synthetic source from a real one wherever it was moved.
-SYNTHETIC_TRUTH_FILE = "synthetic-truth.csv"
 
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 Workers = Annotated[int, Field(ge=0, description="0 means one worker per CPU core")]
@@ -57,8 +55,9 @@ class DataConfig(_Strict):
     split: SplitConfig = SplitConfig()
     # Band edges in years; the last edge closes the last band. RSNA covers 0-19 years.
     age_bands_years: tuple[float, ...] = (0, 2, 6, 10, 14, 19)
-    min_age_months: Annotated[float, Field(ge=0)] = 0.0
-    max_age_months: Annotated[float, Field(gt=0)] = 240.0
+    # Labels outside these are quarantined; narrower than the contract's limits, never wider.
+    min_age_months: Annotated[float, Field(ge=MIN_AGE_MONTHS, le=MAX_AGE_MONTHS)] = MIN_AGE_MONTHS
+    max_age_months: Annotated[float, Field(gt=MIN_AGE_MONTHS, le=MAX_AGE_MONTHS)] = MAX_AGE_MONTHS
     # Larger images are refused as decompression bombs (RSNA films are < 10 Mpx).
     max_image_pixels: Annotated[int, Field(ge=1)] = 60_000_000
     workers: Workers = 0
@@ -245,8 +244,8 @@ class KfpConfig(_Strict):
     retry_backoff: str = "60s"
     cache_training: bool = True
     mlflow_secret: SecretEnv | None = SecretEnv(
-        name="mlflow-credentials",
-        keys_to_env={"username": "MLFLOW_TRACKING_USERNAME", "password": "MLFLOW_TRACKING_PASSWORD"})
+        name="mlflow-credentials", keys_to_env={"username": "MLFLOW_TRACKING_USERNAME", "password": "MLFLOW_TRACKING_PASSWORD"}
+    )
     # A service-account key mounted for google-cloud-storage; None on clusters with Workload Identity.
     gcs_secret: str | None = "gcs-credentials"
 
@@ -263,10 +262,7 @@ class Params(_Strict):
     kfp: KfpConfig = KfpConfig()
 
     def trains_on_synthetic_data(self) -> bool:
-        source = self.data.source
-        if source == "synthetic" or Path(source) == Path(self.data.synthetic_dir):
-            return True
-        return "://" not in source and (Path(source) / SYNTHETIC_TRUTH_FILE).is_file()
+        return is_synthetic_source(self.data.source, self.data.synthetic_dir)
 
     def registered_model_name(self) -> str:
         return self.mlflow.synthetic_registered_model if self.trains_on_synthetic_data() else self.mlflow.registered_model

@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import keras
+import pandas as pd
 import tensorflow as tf
 
 from boneage.config import AugmentConfig
@@ -38,8 +40,12 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig) -> tf.
     batch, size = tf.shape(images)[0], images.shape[1]
     transforms = _affine_matrices(batch, size, cfg, seed)
     x = tf.raw_ops.ImageProjectiveTransformV3(
-        images=tf.cast(images, tf.float32), transforms=transforms, output_shape=[size, size],
-        fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT",
+        images=tf.cast(images, tf.float32),
+        transforms=transforms,
+        output_shape=[size, size],
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode="CONSTANT",
     )
     seeds = tf.random.experimental.stateless_split(seed, 2)
     gain = 1.0 + tf.random.stateless_uniform([batch, 1, 1, 1], seeds[0], -1.0, 1.0) * cfg.contrast
@@ -50,19 +56,32 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig) -> tf.
 
 
 def make_dataset(
-    directory: Path, split: str, image_size: int, batch_size: int, *, target_mean: float = 0.0,
-    target_sd: float = 1.0, training: bool = False, augment: AugmentConfig | None = None,
-    shuffle_buffer: int = 1024, seed: int = 0, with_ids: bool = False,
+    directory: Path,
+    split: str,
+    image_size: int,
+    batch_size: int,
+    *,
+    target_mean: float = 0.0,
+    target_sd: float = 1.0,
+    training: bool = False,
+    augment: AugmentConfig | None = None,
+    shuffle_buffer: int = 1024,
+    seed: int = 0,
+    with_ids: bool = False,
+    examples: int | None = None,
 ) -> tf.data.Dataset:
-    """Batches of ({image, male}, standardised age); ids too for evaluation when ``with_ids``."""
+    """Batches of ({image, male}, standardised age); ids too for evaluation when ``with_ids``.
+
+    A training dataset repeats forever. A finite one told its number of ``examples`` knows its
+    length, so Keras ends each validation pass cleanly instead of running into the end of the
+    data (and warning that it "ran out of data")."""
     files = [str(p) for p in shard_paths(Path(directory), split)]
     if not files:
         raise BoneageError(f"{directory}: no {split} shards ({split}-*.tfrecord); run `boneage preprocess` first")
     ds = tf.data.Dataset.from_tensor_slices(files)
     if training:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(files)), num_parallel_calls=AUTOTUNE,
-                       deterministic=True)
+    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(files)), num_parallel_calls=AUTOTUNE, deterministic=True)
     if training:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
     ds = ds.map(lambda r: parse_example(r, image_size), num_parallel_calls=AUTOTUNE, deterministic=True)
@@ -70,7 +89,8 @@ def make_dataset(
     if training and augment is not None and augment.enabled:
         ds = ds.enumerate().map(
             lambda step, b: {**b, "image": augment_batch(b["image"], tf.stack([tf.cast(seed, tf.int64), step]), augment)},
-            num_parallel_calls=AUTOTUNE, deterministic=True,
+            num_parallel_calls=AUTOTUNE,
+            deterministic=True,
         )
 
     def to_xy(b):
@@ -78,4 +98,16 @@ def make_dataset(
         target = tf.reshape((b["boneage"] - target_mean) / target_sd, [-1, 1])
         return (inputs, target, b["id"]) if with_ids else (inputs, target)
 
-    return ds.map(to_xy, num_parallel_calls=AUTOTUNE, deterministic=True).prefetch(AUTOTUNE)
+    ds = ds.map(to_xy, num_parallel_calls=AUTOTUNE, deterministic=True)
+    if examples is not None and not training:
+        ds = ds.apply(tf.data.experimental.assert_cardinality(-(-examples // batch_size)))
+    return ds.prefetch(AUTOTUNE)
+
+
+def predict_split(model: keras.Model, data_dir: Path, split: str, image_size: int, batch_size: int) -> pd.DataFrame:
+    """Predicted months for every record of one split: columns id, predicted."""
+    rows = []
+    for inputs, _, ids in make_dataset(data_dir, split, image_size, batch_size, with_ids=True):
+        pred = model.predict_on_batch(inputs).reshape(-1)
+        rows.extend(zip([i.decode() for i in ids.numpy()], pred.tolist(), strict=True))
+    return pd.DataFrame(rows, columns=["id", "predicted"])

@@ -3,8 +3,6 @@ plots for DVC and MLflow; ``metrics.json`` for ``dvc metrics``."""
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +10,17 @@ import pandas as pd
 
 from boneage import tracking
 from boneage.config import Params
-from boneage.ingest import age_band
-from boneage.synth import noise_floor_mae
+from boneage.contracts import (
+    ERROR_BY_BAND_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    PREDICTIONS_FILE,
+    age_band,
+    age_band_labels,
+    noise_floor_mae,
+    read_manifest,
+    write_json_atomic,
+)
 
 EVAL_SPLITS = ("val", "test")
 
@@ -34,26 +41,20 @@ def regression_metrics(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     }
 
 
-def breakdown(df: pd.DataFrame) -> dict:
+def breakdown(df: pd.DataFrame, bands: list[str]) -> dict:
+    """Metrics overall, by sex and by age band; the bands youngest first, as ``bands`` lists them."""
     out = regression_metrics(df["boneage"], df["predicted"])
-    out["by_sex"] = {sex: regression_metrics(g["boneage"], g["predicted"])
-                     for sex, g in df.groupby(df["male"].map({True: "male", False: "female"}))}
-    out["by_age_band"] = {band: regression_metrics(g["boneage"], g["predicted"])
-                          for band, g in df.groupby("age_band", sort=False)}
+    out["by_sex"] = {
+        sex: regression_metrics(g["boneage"], g["predicted"])
+        for sex, g in df.groupby(df["male"].map({True: "male", False: "female"}))
+    }
+    out["by_age_band"] = {
+        band: regression_metrics(g["boneage"], g["predicted"]) for band in bands if len(g := df[df["age_band"] == band])
+    }
     return out
 
 
-def predict_split(model, data_dir: Path, split: str, image_size: int, batch_size: int) -> pd.DataFrame:
-    from boneage.dataset import make_dataset
-
-    rows = []
-    for inputs, _, ids in make_dataset(data_dir, split, image_size, batch_size, with_ids=True):
-        pred = model.predict_on_batch(inputs).reshape(-1)
-        rows.extend(zip([i.decode() for i in ids.numpy()], pred.tolist(), strict=True))
-    return pd.DataFrame(rows, columns=["id", "predicted"])
-
-
-def _plots(pred: pd.DataFrame, out_dir: Path) -> list[Path]:
+def _plots(pred: pd.DataFrame, out_dir: Path, bands_order: list[str]) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -83,7 +84,8 @@ def _plots(pred: pd.DataFrame, out_dir: Path) -> list[Path]:
     fig.savefig(paths[-1], dpi=100)
     plt.close(fig)
 
-    bands = test.assign(abs_error=(test["predicted"] - test["boneage"]).abs()).groupby("age_band", sort=False)["abs_error"].mean()
+    bands = test.assign(abs_error=(test["predicted"] - test["boneage"]).abs()).groupby("age_band")["abs_error"].mean()
+    bands = bands.reindex([b for b in bands_order if b in bands.index])
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.bar(bands.index, bands.values, color="tab:gray")
     ax.set(xlabel="age band", ylabel="MAE (months)", title="Test: error by age band")
@@ -91,7 +93,7 @@ def _plots(pred: pd.DataFrame, out_dir: Path) -> list[Path]:
     fig.tight_layout()
     fig.savefig(paths[-1], dpi=100)
     plt.close(fig)
-    bands.rename("mae").reset_index().to_csv(out_dir / "error_by_band.csv", index=False)
+    bands.rename("mae").reset_index().to_csv(out_dir / ERROR_BY_BAND_FILE, index=False)
     return paths
 
 
@@ -115,36 +117,37 @@ def flat_metrics(metrics: dict) -> dict[str, float]:
 def evaluate(params: Params, data_dir: Path, model_dir: Path, out_dir: Path, log_to_mlflow: bool = True) -> dict:
     import mlflow
 
+    from boneage.dataset import predict_split
     from boneage.model import load_predict_model
 
     data_dir, model_dir, out_dir = Path(data_dir), Path(model_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = load_predict_model(model_dir / "model.keras")
-    manifest = pd.read_csv(data_dir / "manifest.csv", dtype={"id": str})
+    model = load_predict_model(model_dir / MODEL_FILE)
+    manifest = read_manifest(data_dir)
     frames = []
     for split in EVAL_SPLITS:
         if (manifest["split"] == split).any():
             frames.append(predict_split(model, data_dir, split, params.preprocess.image_size, params.train.batch_size))
     pred = pd.concat(frames).merge(manifest[["id", "boneage", "male", "split"]], on="id", how="left")
-    pred["male"] = pred["male"].astype(str).str.lower().eq("true")
     pred["age_band"] = [age_band(a, params.data.age_bands_years) for a in pred["boneage"]]
     pred = pred.sort_values(["split", "id"]).reset_index(drop=True)
 
     train_mean = float(manifest.loc[manifest["split"] == "train", "boneage"].mean())
-    metrics: dict = {split: breakdown(pred[pred["split"] == split]) for split in EVAL_SPLITS}
+    bands = age_band_labels(params.data.age_bands_years)
+    metrics: dict = {split: breakdown(pred[pred["split"] == split], bands) for split in EVAL_SPLITS}
     test = pred[pred["split"] == "test"]
     metrics["baseline"] = {
         "predict_the_mean_mae": float((test["boneage"] - train_mean).abs().mean()) if len(test) else None,
-        "noise_floor_mae": noise_floor_mae(params.data.synthetic.label_noise_sd_months) if params.trains_on_synthetic_data() else None,
+        "noise_floor_mae": noise_floor_mae(params.data.synthetic.label_noise_sd_months)
+        if params.trains_on_synthetic_data()
+        else None,
     }
     if metrics["baseline"]["predict_the_mean_mae"]:
         metrics["test"]["mae_vs_predict_the_mean"] = metrics["test"]["mae"] / metrics["baseline"]["predict_the_mean_mae"]
 
-    pred.assign(error=pred["predicted"] - pred["boneage"]).round(3).to_csv(out_dir / "predictions.csv", index=False)
-    plots = _plots(pred, out_dir)
-    tmp = out_dir / "metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    os.replace(tmp, out_dir / "metrics.json")
+    pred.assign(error=pred["predicted"] - pred["boneage"]).round(3).to_csv(out_dir / PREDICTIONS_FILE, index=False)
+    plots = _plots(pred, out_dir, bands)
+    write_json_atomic(out_dir / METRICS_FILE, metrics)
 
     if log_to_mlflow:
         run = tracking.read_run_file(model_dir)
@@ -153,6 +156,6 @@ def evaluate(params: Params, data_dir: Path, model_dir: Path, out_dir: Path, log
             mlflow.log_metrics(flat_metrics(metrics))
             for path in plots:
                 mlflow.log_artifact(str(path), "plots")
-            mlflow.log_artifact(str(out_dir / "metrics.json"), "evaluation")
-            mlflow.log_artifact(str(out_dir / "predictions.csv"), "evaluation")
+            mlflow.log_artifact(str(out_dir / METRICS_FILE), "evaluation")
+            mlflow.log_artifact(str(out_dir / PREDICTIONS_FILE), "evaluation")
     return metrics

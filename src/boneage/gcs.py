@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
+from boneage.contracts import atomic_path
 from boneage.errors import BoneageError
 
 CHUNK_BYTES = 1 << 20
@@ -27,7 +28,7 @@ EMULATOR_PROJECT = "boneage-local"
 def parse_uri(uri: str) -> tuple[str, str]:
     if not uri.startswith("gs://") or len(uri) <= len("gs://"):
         raise BoneageError(f"{uri}: expected gs://bucket/prefix")
-    bucket, _, prefix = uri[len("gs://"):].partition("/")
+    bucket, _, prefix = uri[len("gs://") :].partition("/")
     return bucket, prefix.strip("/")
 
 
@@ -39,12 +40,16 @@ def client():
     if os.environ.get(EMULATOR_ENV):
         from google.auth.credentials import AnonymousCredentials
 
-        return storage.Client(credentials=AnonymousCredentials(), project=os.environ.get("GOOGLE_CLOUD_PROJECT", EMULATOR_PROJECT))
+        return storage.Client(
+            credentials=AnonymousCredentials(), project=os.environ.get("GOOGLE_CLOUD_PROJECT", EMULATOR_PROJECT)
+        )
     try:
         return storage.Client()
     except DefaultCredentialsError as exc:
-        raise BoneageError("no Google Cloud credentials: run `gcloud auth application-default login`, or set "
-                           f"GOOGLE_APPLICATION_CREDENTIALS to a service-account key file ({exc})") from None
+        raise BoneageError(
+            "no Google Cloud credentials: run `gcloud auth application-default login`, or set "
+            f"GOOGLE_APPLICATION_CREDENTIALS to a service-account key file ({exc})"
+        ) from None
 
 
 def retry_policy(deadline_seconds: float):
@@ -84,7 +89,7 @@ def verified(path: Path, blob) -> bool:
 
 
 def _local_path(dest: Path, prefix: str, name: str) -> Path:
-    rel = PurePosixPath(name[len(prefix):].lstrip("/")) if prefix else PurePosixPath(name)
+    rel = PurePosixPath(name[len(prefix) :].lstrip("/")) if prefix else PurePosixPath(name)
     if rel.is_absolute() or ".." in rel.parts or not rel.parts:
         raise BoneageError(f"object {name!r} would land outside {dest}; refusing it")
     return dest.joinpath(*rel.parts)
@@ -98,8 +103,9 @@ class DownloadReport:
     bytes_downloaded: int
 
 
-def download_prefix(uri: str, dest: Path, workers: int = 8, deadline_seconds: float = 120.0,
-                    timeout_seconds: float = 60.0) -> DownloadReport:
+def download_prefix(
+    uri: str, dest: Path, workers: int = 8, deadline_seconds: float = 120.0, timeout_seconds: float = 60.0
+) -> DownloadReport:
     """Mirror ``gs://bucket/prefix`` into ``dest``."""
     from google.api_core import exceptions as gexc
     from google.resumable_media.common import DataCorruption
@@ -109,8 +115,11 @@ def download_prefix(uri: str, dest: Path, workers: int = 8, deadline_seconds: fl
     gcs = client()
     dest = Path(dest)
     try:
-        blobs = [b for b in gcs.list_blobs(bucket_name, prefix=prefix or None, retry=retry, timeout=timeout_seconds)
-                 if not b.name.endswith("/")]
+        blobs = [
+            b
+            for b in gcs.list_blobs(bucket_name, prefix=prefix or None, retry=retry, timeout=timeout_seconds)
+            if not b.name.endswith("/")
+        ]
     except gexc.NotFound:
         raise BoneageError(f"{uri}: bucket {bucket_name!r} not found") from None
     except gexc.Forbidden as exc:
@@ -127,20 +136,21 @@ def download_prefix(uri: str, dest: Path, workers: int = 8, deadline_seconds: fl
 
     def fetch(blob, path: Path) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".partial")
-        # checksum="crc32c" makes the library verify the bytes as they arrive.
-        blob.download_to_filename(str(partial), checksum="crc32c" if blob.crc32c else "md5",
-                                  retry=retry, timeout=timeout_seconds)
-        if not verified(partial, blob):
-            partial.unlink(missing_ok=True)
-            raise DataCorruption(None, f"{blob.name}: checksum mismatch after download")
-        os.replace(partial, path)
+        with atomic_path(path) as partial:
+            # checksum="crc32c" makes the library verify the bytes as they arrive.
+            blob.download_to_filename(
+                str(partial), checksum="crc32c" if blob.crc32c else "md5", retry=retry, timeout=timeout_seconds
+            )
+            if not verified(partial, blob):
+                raise DataCorruption(None, f"{blob.name}: checksum mismatch after download")
         return blob.size or 0
 
     done_bytes = 0
     failures: list[str] = []
-    with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {uri}") as bar, \
-            ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    with (
+        tqdm(total=total, unit="B", unit_scale=True, desc=f"download {uri}") as bar,
+        ThreadPoolExecutor(max_workers=max(1, workers)) as pool,
+    ):
         futures = {pool.submit(fetch, b, p): b.name for b, p in pending}
         for future in as_completed(futures):
             try:
@@ -155,7 +165,8 @@ def download_prefix(uri: str, dest: Path, workers: int = 8, deadline_seconds: fl
         raise BoneageError(
             f"{uri}: {len(failures)} of {len(pending)} downloads failed after retrying for up to "
             f"{deadline_seconds:.0f} s each; the {len(pending) - len(failures) + skipped} verified files are kept "
-            f"and a rerun resumes from them:\n  {shown}")
+            f"and a rerun resumes from them:\n  {shown}"
+        )
     return DownloadReport(dest, len(pending), skipped, done_bytes)
 
 

@@ -80,8 +80,7 @@ class Box:
 
     def is_good_crop_of(self, truth: Box) -> bool:
         """The crop-quality rule against a person's hand box: it holds the hand, and not much more."""
-        return (self.covered_fraction(truth) >= GOOD_CROP_MIN_COVERAGE
-                and self.area <= GOOD_CROP_MAX_AREA_RATIO * truth.area)
+        return self.covered_fraction(truth) >= GOOD_CROP_MIN_COVERAGE and self.area <= GOOD_CROP_MAX_AREA_RATIO * truth.area
 
     def iou(self, other: Box) -> float:
         inter = self.intersection_area(other)
@@ -206,8 +205,7 @@ def _hand_level(values: np.ndarray, fraction: float) -> float:
 
 
 def _bounds(parts: list[_Part]) -> tuple[int, int, int, int]:
-    return (min(p.x for p in parts), min(p.y for p in parts),
-            max(p.x + p.w for p in parts), max(p.y + p.h for p in parts))
+    return (min(p.x for p in parts), min(p.y for p in parts), max(p.x + p.w for p in parts), max(p.y + p.h for p in parts))
 
 
 def _grows_within(core: list[_Part], soft: list[_Part]) -> bool:
@@ -263,8 +261,7 @@ def locate_hand(pixels: np.ndarray, cfg: PreprocessConfig) -> Box:
     return _scaled_box(_bounds(kept), cfg.crop_margin, scale, pixels.shape)
 
 
-def _scaled_box(bounds: tuple[int, int, int, int], margin_fraction: float, scale: float,
-                shape: tuple[int, int]) -> Box:
+def _scaled_box(bounds: tuple[int, int, int, int], margin_fraction: float, scale: float, shape: tuple[int, int]) -> Box:
     """A thumbnail box, widened by the margin, in the film's own pixels (clipped to the film)."""
     x0, y0, x1, y1 = bounds
     margin = margin_fraction * max(x1 - x0, y1 - y0)

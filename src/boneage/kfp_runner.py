@@ -23,8 +23,9 @@ LOCAL_ROOT = Path("local_outputs")
 def build_pipeline(params: Params, project_dir: Path = Path(".")):
     root = Path(project_dir).resolve()
     if not (root / "pipeline" / "pipeline.py").is_file() or not (root / "components" / "__init__.py").is_file():
-        raise BoneageError(f"{root}: no pipeline/pipeline.py and components/ here; run from the project root "
-                           "or pass --project-dir")
+        raise BoneageError(
+            f"{root}: no pipeline/pipeline.py and components/ here; run from the project root or pass --project-dir"
+        )
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
     module = importlib.import_module("pipeline.pipeline")
@@ -70,13 +71,18 @@ def _artifact_path(value) -> str:
     return getattr(value, "path", None) or str(value)
 
 
-def run_local(params: Params, arguments: dict | None = None, pipeline_root: Path = LOCAL_ROOT,
-              project_dir: Path = Path("."), enable_caching: bool = False) -> LocalRun:
+def run_local(
+    params: Params,
+    arguments: dict | None = None,
+    pipeline_root: Path = LOCAL_ROOT,
+    project_dir: Path = Path("."),
+    enable_caching: bool = False,
+) -> LocalRun:
     """The whole pipeline with kfp.local's SubprocessRunner, in this Python environment: the same
     components as on a cluster, with artifacts as folders under ``pipeline_root``."""
     from kfp import local
 
-    from boneage.synth import resolve_source
+    from boneage.ingest import resolve_source
 
     arguments = dict(arguments or {})
     source = arguments.get("source_uri") or params.data.source
@@ -86,8 +92,9 @@ def run_local(params: Params, arguments: dict | None = None, pipeline_root: Path
     arguments["source_uri"] = source
     pipeline = build_pipeline(params, project_dir)
     root = Path(pipeline_root).resolve()
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
-               raise_on_error=True, enable_caching=enable_caching)
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True, enable_caching=enable_caching
+    )
     earlier = set(root.iterdir()) if root.is_dir() else set()
     start = time.monotonic()
     try:
@@ -96,19 +103,27 @@ def run_local(params: Params, arguments: dict | None = None, pipeline_root: Path
         raise BoneageError(f"the local pipeline run failed: {exc}") from None
     wall = time.monotonic() - start
     this_run = [d for d in root.iterdir() if d.is_dir() and d not in earlier]
-    return LocalRun(outputs=dict(getattr(task, "outputs", {}) or {}), pipeline_root=root, wall_seconds=wall,
-                    step_seconds=step_work_seconds(this_run[0]) if len(this_run) == 1 else {})
+    return LocalRun(
+        outputs=dict(getattr(task, "outputs", {}) or {}),
+        pipeline_root=root,
+        wall_seconds=wall,
+        step_seconds=step_work_seconds(this_run[0]) if len(this_run) == 1 else {},
+    )
 
 
 def _kfp_error(host: str, exc: Exception | None = None, status: int | None = None) -> BoneageError:
     status = status or getattr(exc, "status", None)
     if status in (401, 403):
-        return BoneageError(f"{host}: KFP refused the credentials (HTTP {status}); pass --token or set "
-                            "KF_PIPELINES_SA_TOKEN_PATH, or log in to the cluster's auth proxy")
+        return BoneageError(
+            f"{host}: KFP refused the credentials (HTTP {status}); pass --token or set "
+            "KF_PIPELINES_SA_TOKEN_PATH, or log in to the cluster's auth proxy"
+        )
     reason = getattr(exc, "reason", None) or str(exc).splitlines()[0][:300]
-    return BoneageError(f"{host}: cannot reach the Kubeflow Pipelines API ({type(exc).__name__}: {reason}); "
-                        "check --host (e.g. http://localhost:8080 after `kubectl port-forward "
-                        "-n kubeflow svc/ml-pipeline-ui 8080:80`)")
+    return BoneageError(
+        f"{host}: cannot reach the Kubeflow Pipelines API ({type(exc).__name__}: {reason}); "
+        "check --host (e.g. http://localhost:8080 after `kubectl port-forward "
+        "-n kubeflow svc/ml-pipeline-ui 8080:80`)"
+    )
 
 
 @dataclass
@@ -120,9 +135,17 @@ class Submission:
     version_id: str
 
 
-def submit(params: Params, host: str, package_path: Path, arguments: dict | None = None, experiment: str | None = None,
-           run_name: str | None = None, token: str | None = None, namespace: str | None = None,
-           timeout_seconds: float = 10.0) -> Submission:
+def submit(
+    params: Params,
+    host: str,
+    package_path: Path,
+    arguments: dict | None = None,
+    experiment: str | None = None,
+    run_name: str | None = None,
+    token: str | None = None,
+    namespace: str | None = None,
+    timeout_seconds: float = 10.0,
+) -> Submission:
     """Upload the compiled pipeline as a new version (creating the pipeline the first time), start a
     run in the experiment (created if missing) and return its URL."""
     import kfp
@@ -135,8 +158,9 @@ def submit(params: Params, host: str, package_path: Path, arguments: dict | None
     host = host.rstrip("/")
     # Probe first: kfp.Client retries a dead host for minutes before it says anything.
     try:
-        probe = requests.get(f"{host}/apis/v2beta1/healthz", timeout=timeout_seconds,
-                             headers={"Authorization": f"Bearer {token}"} if token else {})
+        probe = requests.get(
+            f"{host}/apis/v2beta1/healthz", timeout=timeout_seconds, headers={"Authorization": f"Bearer {token}"} if token else {}
+        )
     except requests.RequestException as exc:
         raise _kfp_error(host, exc) from None
     if probe.status_code in (401, 403):
@@ -152,18 +176,25 @@ def submit(params: Params, host: str, package_path: Path, arguments: dict | None
         if pipeline_id is None:
             uploaded = client.upload_pipeline(str(package_path), pipeline_name=name, namespace=namespace)
             pipeline_id = uploaded.pipeline_id
-        version = client.upload_pipeline_version(str(package_path), pipeline_version_name=f"{name}-{stamp}",
-                                                 pipeline_id=pipeline_id)
-        run = client.run_pipeline(experiment_id=exp.experiment_id, job_name=run_name or f"{name}-{stamp}",
-                                  params=arguments or {}, pipeline_id=pipeline_id, version_id=version.pipeline_version_id)
+        version = client.upload_pipeline_version(
+            str(package_path), pipeline_version_name=f"{name}-{stamp}", pipeline_id=pipeline_id
+        )
+        run = client.run_pipeline(
+            experiment_id=exp.experiment_id,
+            job_name=run_name or f"{name}-{stamp}",
+            params=arguments or {},
+            pipeline_id=pipeline_id,
+            version_id=version.pipeline_version_id,
+        )
     except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as exc:
         raise _kfp_error(host, exc) from None
     except Exception as exc:  # kfp_server_api.ApiException and friends carry an HTTP status
         if getattr(exc, "status", None) is not None:
             raise _kfp_error(host, exc) from None
         raise
-    return Submission(run.run_id, f"{host}/#/runs/details/{run.run_id}", exp.experiment_id, pipeline_id,
-                      version.pipeline_version_id)
+    return Submission(
+        run.run_id, f"{host}/#/runs/details/{run.run_id}", exp.experiment_id, pipeline_id, version.pipeline_version_id
+    )
 
 
 def describe(submission: Submission) -> str:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from boneage.config import Params, parse_params
+from boneage.contracts import CONTACT_SHEET_FILE, MANIFEST_FILE, METRICS_FILE, REGISTRY_FILE
 from boneage.errors import BoneageError
 
 INGEST_QUARANTINE_ROWS = 20  # rows of the quarantine table shown in the KFP UI
@@ -56,13 +57,14 @@ def load(params_yaml: str, overrides: dict[str, object]) -> Params:
 @_timed
 def ingest(params: Params, source_uri: str, out_dir: str | Path) -> StepOutcome:
     from boneage.ingest import ingest as run_ingest
-    from boneage.synth import resolve_source
 
-    result = run_ingest(params, Path(out_dir), source=resolve_source(params, source_uri), bundle_images=True)
+    result = run_ingest(params, Path(out_dir), source=source_uri or None, bundle_images=True)
     counts = result.manifest["split"].value_counts().to_dict()
-    lines = [f"# Ingest\n\nSource: `{source_uri or params.data.source}`\n",
-             f"- accepted: **{len(result.manifest)}** images, split {counts}",
-             f"- quarantined: **{len(result.quarantine)}**\n"]
+    lines = [
+        f"# Ingest\n\nSource: `{source_uri or params.data.source}`\n",
+        f"- accepted: **{len(result.manifest)}** images, split {counts}",
+        f"- quarantined: **{len(result.quarantine)}**\n",
+    ]
     if len(result.quarantine):
         lines.append(result.quarantine.head(INGEST_QUARANTINE_ROWS).to_markdown(index=False))
     return StepOutcome("\n".join(lines), {"images": len(result.manifest), "quarantined": len(result.quarantine), **counts})
@@ -72,11 +74,13 @@ def ingest(params: Params, source_uri: str, out_dir: str | Path) -> StepOutcome:
 def preprocess(params: Params, ingest_dir: str | Path, out_dir: str | Path) -> StepOutcome:
     from boneage.preprocess import preprocess as run_preprocess
 
-    rows = run_preprocess(params, Path(ingest_dir) / "manifest.csv", Path(out_dir))
+    rows = run_preprocess(params, Path(ingest_dir) / MANIFEST_FILE, Path(out_dir))
     size = params.preprocess.image_size
-    return StepOutcome(f"# Preprocess\n\n{len(rows)} images cropped to the hand and written as "
-                       f"{size}x{size} TFRecords (contact sheet: `contact_sheet.png` in the dataset).\n",
-                       {"images": len(rows), "image_size": size, "crop": params.preprocess.crop})
+    return StepOutcome(
+        f"# Preprocess\n\n{len(rows)} images cropped to the hand and written as "
+        f"{size}x{size} TFRecords (contact sheet: `{CONTACT_SHEET_FILE}` in the dataset).\n",
+        {"images": len(rows), "image_size": size, "crop": params.preprocess.crop},
+    )
 
 
 @_timed
@@ -84,11 +88,16 @@ def train(params: Params, data_dir: str | Path, model_dir: str | Path) -> StepOu
     from boneage.train import train as run_train
 
     result = run_train(params, Path(data_dir), Path(model_dir))
-    md = (f"# Train\n\n{params.model.backbone} at {params.preprocess.image_size} px, {result.epochs_run} epochs"
-          f"{f' (resumed after epoch {result.resumed_from_epoch})' if result.resumed_from_epoch else ''}; "
-          f"best validation MAE **{result.best_val_mae:.2f}** months.\n\nMLflow run: `{result.run_id}`\n")
-    return StepOutcome(md, {"mlflow_run_id": result.run_id, "backbone": params.model.backbone,
-                            "best_val_mae_months": result.best_val_mae}, run_id=result.run_id)
+    md = (
+        f"# Train\n\n{params.model.backbone} at {params.preprocess.image_size} px, {result.epochs_run} epochs"
+        f"{f' (resumed after epoch {result.resumed_from_epoch})' if result.resumed_from_epoch else ''}; "
+        f"best validation MAE **{result.best_val_mae:.2f}** months.\n\nMLflow run: `{result.run_id}`\n"
+    )
+    return StepOutcome(
+        md,
+        {"mlflow_run_id": result.run_id, "backbone": params.model.backbone, "best_val_mae_months": result.best_val_mae},
+        run_id=result.run_id,
+    )
 
 
 def _check_run(model_dir: str | Path, run_id: str) -> None:
@@ -108,8 +117,12 @@ def evaluate(params: Params, data_dir: str | Path, model_dir: str | Path, out_di
     _check_run(model_dir, run_id)
     metrics = run_evaluate(params, Path(data_dir), Path(model_dir), Path(out_dir))
     flat = {name: float(value) for name, value in flat_metrics(metrics).items()}  # the names MLflow gets
-    return StepOutcome(f"# Evaluate\n\n```\n{metrics_table(metrics)}\n```\n", {"test_mae": metrics["test"].get("mae")},
-                       run_id=run_id, metrics=flat)
+    return StepOutcome(
+        f"# Evaluate\n\n```\n{metrics_table(metrics)}\n```\n",
+        {"test_mae": metrics["test"].get("mae")},
+        run_id=run_id,
+        metrics=flat,
+    )
 
 
 @_timed
@@ -118,7 +131,9 @@ def register(params: Params, model_dir: str | Path, evaluation_dir: str | Path, 
 
     _check_run(model_dir, run_id)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    decision = run_register(params, Path(model_dir), Path(evaluation_dir) / "metrics.json", Path(out_dir) / "registry.json")
-    md = (f"# Register\n\n`{decision['model']}` version **{decision['version']}** is now "
-          f"**{decision['alias']}**: {decision['reason']}.\n\n```json\n{json.dumps(decision, indent=2)}\n```\n")
+    decision = run_register(params, Path(model_dir), Path(evaluation_dir) / METRICS_FILE, Path(out_dir) / REGISTRY_FILE)
+    md = (
+        f"# Register\n\n`{decision['model']}` version **{decision['version']}** is now "
+        f"**{decision['alias']}**: {decision['reason']}.\n\n```json\n{json.dumps(decision, indent=2)}\n```\n"
+    )
     return StepOutcome(md, {k: v for k, v in decision.items() if v is not None}, run_id=run_id)

@@ -35,17 +35,19 @@ class BackboneSpec:
 
 WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
 BACKBONES = {
-    "inception_v3": BackboneSpec("InceptionV3", "inception_v3/inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
-                                 75, 1 / 127.5, (-1.0, -1.0, -1.0)),
-    "resnet50": BackboneSpec("ResNet50", "resnet/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
-                             32, 1.0, (-103.939, -116.779, -123.68)),
+    "inception_v3": BackboneSpec(
+        "InceptionV3", "inception_v3/inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5", 75, 1 / 127.5, (-1.0, -1.0, -1.0)
+    ),
+    "resnet50": BackboneSpec(
+        "ResNet50", "resnet/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5", 32, 1.0, (-103.939, -116.779, -123.68)
+    ),
     # EfficientNet and MobileNetV3 carry their own input normalisation and expect 0..255.
     "efficientnet_b0": BackboneSpec("EfficientNetB0", "efficientnetb0_notop.h5", 32, 1.0, (0.0, 0.0, 0.0)),
     "efficientnet_b3": BackboneSpec("EfficientNetB3", "efficientnetb3_notop.h5", 32, 1.0, (0.0, 0.0, 0.0)),
     "small_cnn": BackboneSpec("", "", 32, 1 / 127.5, (-1.0, -1.0, -1.0)),
-    "mobilenet_v3_small": BackboneSpec("MobileNetV3Small",
-                                       "mobilenet_v3/weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5",
-                                       32, 1.0, (0.0, 0.0, 0.0)),
+    "mobilenet_v3_small": BackboneSpec(
+        "MobileNetV3Small", "mobilenet_v3/weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5", 32, 1.0, (0.0, 0.0, 0.0)
+    ),
 }
 
 
@@ -195,10 +197,12 @@ def make_loss(name: str, huber_delta: float) -> keras.losses.Loss:
 def from_train_model(train: keras.Model, target_mean: float, target_sd: float, offset_months: float = 0.0) -> BoneAgeModel:
     """Rebuild the months-reporting view over a (resumed) training model, sharing its layers.
     ``offset_months`` is the bias correction measured on the validation split (0 while training)."""
-    months = layers.Rescaling(float(target_sd), offset=float(target_mean) + float(offset_months), dtype="float32",
-                              name=OUTPUT)(train.output)
-    return BoneAgeModel(train=train, predict=keras.Model(train.input, months, name="boneage"),
-                        backbone=train.get_layer("backbone"))
+    months = layers.Rescaling(float(target_sd), offset=float(target_mean) + float(offset_months), dtype="float32", name=OUTPUT)(
+        train.output
+    )
+    return BoneAgeModel(
+        train=train, predict=keras.Model(train.input, months, name="boneage"), backbone=train.get_layer("backbone")
+    )
 
 
 def batchnorm_layers(model: keras.Model) -> list[layers.BatchNormalization]:

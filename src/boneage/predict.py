@@ -16,39 +16,22 @@ from pathlib import Path
 import numpy as np
 
 from boneage.config import PreprocessConfig
+from boneage.contracts import (
+    MAX_AGE_MONTHS,
+    MIN_AGE_MONTHS,
+    MODEL_FILE,
+    PREDICTOR_FILE,
+    parse_optional_age,
+    parse_sex,
+    write_json_atomic,
+)
 from boneage.errors import BadInputError, BoneageError
 from boneage.imaging import IMAGE_SUFFIXES, Radiograph, read_radiograph
 from boneage.standards import assess
 
-PREDICTOR_FILE = "predictor.json"
-MODEL_FILE = "model.keras"
 # Images per model call when scoring many files: large enough to amortise the call, small enough
 # that a batch of 299 px images stays well under a GiB of activations.
 DEFAULT_BATCH = 16
-# Age limits of the task (RSNA: 0-19 years); outside them a chronological age is a typo.
-MAX_AGE_MONTHS = 240.0
-
-
-def parse_sex(value) -> bool:
-    """M/F, male/female, true/false, 1/0 (any case) -> male?"""
-    text = str(value).strip().lower()
-    if text in ("m", "male", "true", "1"):
-        return True
-    if text in ("f", "female", "false", "0"):
-        return False
-    raise BadInputError(f"sex {value!r} is not M or F")
-
-
-def parse_age(value) -> float | None:
-    if value is None or (isinstance(value, float) and math.isnan(value)) or str(value).strip() == "":
-        return None
-    try:
-        months = float(value)
-    except (TypeError, ValueError):
-        raise BadInputError(f"chronological age {value!r} is not a number of months") from None
-    if not math.isfinite(months) or not 0 <= months <= MAX_AGE_MONTHS:
-        raise BadInputError(f"chronological age {value!r} months is outside 0-{MAX_AGE_MONTHS:.0f}")
-    return months
 
 
 def years_and_months(months: float) -> str:
@@ -70,7 +53,7 @@ class PredictorConfig:
         return PreprocessConfig.model_validate(self.preprocess)
 
     def write(self, path: Path) -> None:
-        path.write_text(json.dumps(self.__dict__, indent=2) + "\n")
+        write_json_atomic(path, self.__dict__)
 
     @classmethod
     def read(cls, path: Path) -> PredictorConfig:
@@ -139,8 +122,9 @@ class Predictor:
         try:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
         except (MlflowException, OSError) as exc:
-            raise BoneageError(f"{uri}: cannot fetch the model from MLflow ({mlflow.get_tracking_uri()}): "
-                               f"{str(exc).splitlines()[0]}") from None
+            raise BoneageError(
+                f"{uri}: cannot fetch the model from MLflow ({mlflow.get_tracking_uri()}): {str(exc).splitlines()[0]}"
+            ) from None
         models = list(local.rglob(MODEL_FILE))
         configs = list(local.rglob(PREDICTOR_FILE))
         if not models or not configs:
@@ -158,8 +142,10 @@ class Predictor:
         return image, (box.x0, box.y0, box.x1, box.y1)
 
     def predict_prepared(self, images: np.ndarray, males: np.ndarray) -> np.ndarray:
-        batch = {"image": images.reshape(-1, self.image_size, self.image_size, 1).astype(np.uint8),
-                 "male": np.asarray(males, dtype=np.float32).reshape(-1, 1)}
+        batch = {
+            "image": images.reshape(-1, self.image_size, self.image_size, 1).astype(np.uint8),
+            "male": np.asarray(males, dtype=np.float32).reshape(-1, 1),
+        }
         return np.asarray(self.model.predict_on_batch(batch)).reshape(-1)
 
     def admit(self, radiograph: Radiograph, source: str, sex=None, chronological_age=None) -> _Admitted:
@@ -171,9 +157,9 @@ class Predictor:
                 raise BadInputError("sex unknown: pass --sex M or F (the DICOM header has no PatientSex)")
             male = parse_sex(sex) if sex not in (None, "") else False
             result.sex = "M" if male else "F"
-            ca = parse_age(chronological_age)
+            ca = parse_optional_age(chronological_age, "chronological age")
             if ca is None and radiograph.patient_age_months is not None:
-                ca = parse_age(radiograph.patient_age_months)
+                ca = parse_optional_age(radiograph.patient_age_months, "chronological age")
             image, result.box = self.prepare(radiograph)
         except BadInputError as exc:
             result.rejected = exc.reason
@@ -182,11 +168,11 @@ class Predictor:
 
     def _complete(self, admitted: _Admitted, months: float) -> Prediction:
         result, half = admitted.result, self.config.interval_halfwidth_months
-        months = float(np.clip(months, 0.0, MAX_AGE_MONTHS))
+        months = float(np.clip(months, MIN_AGE_MONTHS, MAX_AGE_MONTHS))
         result.prepared = admitted.image
         result.bone_age_months = round(months, 2)
         result.bone_age = years_and_months(months)
-        result.interval_months = (max(0.0, months - half), min(MAX_AGE_MONTHS, months + half))
+        result.interval_months = (max(MIN_AGE_MONTHS, months - half), min(MAX_AGE_MONTHS, months + half))
         result.interval_level = self.config.interval_level
         if admitted.chronological_age is not None:
             result.chronological_age_months = admitted.chronological_age
@@ -238,8 +224,7 @@ def _read_and_admit(predictor: Predictor, path: Path, sex, chronological_age) ->
     return predictor.admit(radiograph, str(path), sex, chronological_age)
 
 
-def _score_in_batches(predictor: Predictor, items: list, admit, batch_size: int, workers: int,
-                      unit: str) -> list[Prediction]:
+def _score_in_batches(predictor: Predictor, items: list, admit, batch_size: int, workers: int, unit: str) -> list[Prediction]:
     """Predictions in input order. Items are read and prepared by ``admit`` on a thread pool (OpenCV
     releases the GIL while it decodes and resizes) and scored ``batch_size`` at a time: one model
     call per batch instead of one per image."""
@@ -248,8 +233,10 @@ def _score_in_batches(predictor: Predictor, items: list, admit, batch_size: int,
     from tqdm import tqdm
 
     results: list[Prediction] = []
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool, \
-            tqdm(total=len(items), desc="predict", unit=unit, disable=len(items) < 2) as bar:
+    with (
+        ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool,
+        tqdm(total=len(items), desc="predict", unit=unit, disable=len(items) < 2) as bar,
+    ):
         for first in range(0, len(items), batch_size):
             chunk = items[first : first + batch_size]
             results.extend(predictor.finish(list(pool.map(admit, chunk)), batch_size))
@@ -257,20 +244,38 @@ def _score_in_batches(predictor: Predictor, items: list, admit, batch_size: int,
     return results
 
 
-def predict_files(predictor: Predictor, paths: list[Path], sex=None, chronological_age=None,
-                  batch_size: int = DEFAULT_BATCH, workers: int = 0) -> list[Prediction]:
+def predict_files(
+    predictor: Predictor, paths: list[Path], sex=None, chronological_age=None, batch_size: int = DEFAULT_BATCH, workers: int = 0
+) -> list[Prediction]:
     """Predictions for files and folders of them, in input order, all with one sex and age."""
-    return _score_in_batches(predictor, expand_inputs(paths),
-                             lambda p: _read_and_admit(predictor, p, sex, chronological_age),
-                             batch_size, workers, unit="img")
+    return _score_in_batches(
+        predictor,
+        expand_inputs(paths),
+        lambda p: _read_and_admit(predictor, p, sex, chronological_age),
+        batch_size,
+        workers,
+        unit="img",
+    )
 
 
 # A worklist: one film per row, its sex and optionally an id and the chronological age (months).
 WORKLIST_REQUIRED = ("path", "sex")
 WORKLIST_OPTIONAL = ("id", "chronological_age")
-WORKLIST_OUTPUT_COLUMNS = ["id", "path", "sex", "chronological_age_months", "bone_age_months", "bone_age",
-                           "interval_low_months", "interval_high_months", "interval_level", "sds", "call",
-                           "rejected", "csv_line"]
+WORKLIST_OUTPUT_COLUMNS = [
+    "id",
+    "path",
+    "sex",
+    "chronological_age_months",
+    "bone_age_months",
+    "bone_age",
+    "interval_low_months",
+    "interval_high_months",
+    "interval_level",
+    "sds",
+    "call",
+    "rejected",
+    "csv_line",
+]
 
 
 @dataclass(frozen=True)
@@ -296,18 +301,25 @@ def read_worklist(table: Path) -> list[WorklistRow]:
             header = [h.strip().lower() for h in (reader.fieldnames or [])]
             missing = [c for c in WORKLIST_REQUIRED if c not in header]
             if missing:
-                raise BoneageError(f"{table}: worklist has no column {', '.join(missing)} "
-                                   f"(needs {', '.join(WORKLIST_REQUIRED)}; optional {', '.join(WORKLIST_OPTIONAL)})")
+                raise BoneageError(
+                    f"{table}: worklist has no column {', '.join(missing)} "
+                    f"(needs {', '.join(WORKLIST_REQUIRED)}; optional {', '.join(WORKLIST_OPTIONAL)})"
+                )
             reader.fieldnames = header
             rows = []
             for record in reader:
                 line = reader.line_num
                 raw_path = (record.get("path") or "").strip()
                 path = Path(raw_path)
-                rows.append(WorklistRow(
-                    csv_line=line, id=(record.get("id") or "").strip() or raw_path,
-                    path=path if path.is_absolute() else table.parent / path,
-                    sex=(record.get("sex") or "").strip(), chronological_age=(record.get("chronological_age") or "").strip()))
+                rows.append(
+                    WorklistRow(
+                        csv_line=line,
+                        id=(record.get("id") or "").strip() or raw_path,
+                        path=path if path.is_absolute() else table.parent / path,
+                        sex=(record.get("sex") or "").strip(),
+                        chronological_age=(record.get("chronological_age") or "").strip(),
+                    )
+                )
     except (UnicodeDecodeError, csv.Error) as exc:
         raise BoneageError(f"{table}: not a readable CSV worklist ({exc})") from None
     return rows
@@ -322,11 +334,11 @@ def _admit_worklist_row(predictor: Predictor, row: WorklistRow) -> _Admitted:
     return _read_and_admit(predictor, row.path, row.sex, row.chronological_age or None)
 
 
-def predict_worklist(predictor: Predictor, rows: list[WorklistRow], batch_size: int = DEFAULT_BATCH,
-                     workers: int = 0) -> list[Prediction]:
+def predict_worklist(
+    predictor: Predictor, rows: list[WorklistRow], batch_size: int = DEFAULT_BATCH, workers: int = 0
+) -> list[Prediction]:
     """One prediction or one rejection per worklist row, in order; a bad row never stops the others."""
-    return _score_in_batches(predictor, rows, lambda r: _admit_worklist_row(predictor, r),
-                             batch_size, workers, unit="row")
+    return _score_in_batches(predictor, rows, lambda r: _admit_worklist_row(predictor, r), batch_size, workers, unit="row")
 
 
 def worklist_table(rows: list[WorklistRow], results: list[Prediction]):
@@ -337,10 +349,21 @@ def worklist_table(rows: list[WorklistRow], results: list[Prediction]):
     for row, r in zip(rows, results, strict=True):
         a = r.assessment or {}
         lo, hi = r.interval_months or (None, None)
-        records.append({
-            "id": row.id, "path": str(row.path), "sex": r.sex or row.sex,
-            "chronological_age_months": r.chronological_age_months, "bone_age_months": r.bone_age_months,
-            "bone_age": r.bone_age, "interval_low_months": None if lo is None else round(lo, 2),
-            "interval_high_months": None if hi is None else round(hi, 2), "interval_level": r.interval_level,
-            "sds": a.get("sds"), "call": a.get("call"), "rejected": r.rejected or "", "csv_line": row.csv_line})
+        records.append(
+            {
+                "id": row.id,
+                "path": str(row.path),
+                "sex": r.sex or row.sex,
+                "chronological_age_months": r.chronological_age_months,
+                "bone_age_months": r.bone_age_months,
+                "bone_age": r.bone_age,
+                "interval_low_months": None if lo is None else round(lo, 2),
+                "interval_high_months": None if hi is None else round(hi, 2),
+                "interval_level": r.interval_level,
+                "sds": a.get("sds"),
+                "call": a.get("call"),
+                "rejected": r.rejected or "",
+                "csv_line": row.csv_line,
+            }
+        )
     return pd.DataFrame(records, columns=WORKLIST_OUTPUT_COLUMNS)

@@ -20,12 +20,22 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from boneage.config import Params, PreprocessConfig
+from boneage.contracts import (
+    CONTACT_SHEET_FILE,
+    LABEL_COLUMNS,
+    MANIFEST_FILE,
+    PREPROCESSED_COLUMNS,
+    QUARANTINE_COLUMNS,
+    QUARANTINE_FILE,
+    SPLITS,
+    atomic_path,
+    read_manifest,
+    write_csv_atomic,
+)
 from boneage.errors import BadInputError, BoneageError
 from boneage.handcrop import prepare
 from boneage.imaging import read_radiograph
-from boneage.ingest import QUARANTINE_COLUMNS, read_manifest, write_csv_atomic
 
-SPLITS = ("train", "val", "test")
 PNG_COMPRESSION = 1  # fast; level 9 saves ~10% space for 5x the time
 
 
@@ -78,21 +88,17 @@ def contact_sheet(images: list[tuple[str, np.ndarray]], path: Path, tile: int = 
         x, y = (i % columns) * tile, (i // columns) * tile
         sheet.paste(Image.fromarray(img).resize((tile - 4, tile - 4)), (x + 2, y + 2))
         draw.text((x + 5, y + 4), image_id, fill=255)
-    tmp = path.with_name(path.name + ".tmp.png")
-    sheet.save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        sheet.save(tmp)
 
 
 def preprocess(params: Params, manifest_path: Path, out_dir: Path) -> pd.DataFrame:
     from boneage.tfrecords import serialize_example, write_shards  # TensorFlow only in the parent
 
     cfg = params.preprocess
-    manifest = read_manifest(manifest_path)
+    manifest = read_manifest(manifest_path, required=[*LABEL_COLUMNS, "path"])
     base = manifest_path.parent
-    jobs = [
-        _Job(str(r.id), str((base / r.path).resolve()), cfg, params.data.max_image_pixels)
-        for r in manifest.itertuples()
-    ]
+    jobs = [_Job(str(r.id), str((base / r.path).resolve()), cfg, params.data.max_image_pixels) for r in manifest.itertuples()]
     # Build in a side folder and swap it in at the end: a crash never leaves half a dataset behind.
     staging = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
@@ -108,9 +114,19 @@ def preprocess(params: Params, manifest_path: Path, out_dir: Path) -> pd.DataFra
             continue
         split = str(row["split"])
         records.setdefault(split, []).append(serialize_example(png, bool(row["male"]), float(row["boneage"]), image_id))
-        rows.append({"id": image_id, "boneage": row["boneage"], "male": bool(row["male"]), "split": split,
-                     "age_band": row.get("age_band", ""), "crop_x0": box[0], "crop_y0": box[1],
-                     "crop_x1": box[2], "crop_y1": box[3]})
+        rows.append(
+            {
+                "id": image_id,
+                "boneage": row["boneage"],
+                "male": bool(row["male"]),
+                "split": split,
+                "age_band": row.get("age_band", ""),
+                "crop_x0": box[0],
+                "crop_y0": box[1],
+                "crop_x1": box[2],
+                "crop_y1": box[3],
+            }
+        )
         if len(sheet) < cfg.contact_sheet_count:
             sheet.append((image_id, cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_GRAYSCALE)))
 
@@ -120,10 +136,10 @@ def preprocess(params: Params, manifest_path: Path, out_dir: Path) -> pd.DataFra
     for split, split_records in records.items():
         if split_records:
             write_shards(staging, split, split_records, cfg.shard_size)
-    out_manifest = pd.DataFrame(rows)
-    write_csv_atomic(out_manifest, staging / "manifest.csv")
-    write_csv_atomic(pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS), staging / "quarantine.csv")
-    contact_sheet(sheet, staging / "contact_sheet.png")
+    out_manifest = pd.DataFrame(rows, columns=PREPROCESSED_COLUMNS)
+    write_csv_atomic(out_manifest, staging / MANIFEST_FILE)
+    write_csv_atomic(pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS), staging / QUARANTINE_FILE)
+    contact_sheet(sheet, staging / CONTACT_SHEET_FILE)
     shutil.rmtree(out_dir, ignore_errors=True)
     staging.rename(out_dir)
     return out_manifest

@@ -4,11 +4,11 @@ the alias ``champion`` only if its test MAE beats the current champion's, else `
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from boneage import tracking
 from boneage.config import Params
+from boneage.contracts import write_json_atomic
 from boneage.errors import BoneageError
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -47,20 +47,32 @@ def register(params: Params, model_dir: Path, metrics_path: Path, out_path: Path
         client.create_registered_model(name, description="Pediatric bone age (months) from a hand radiograph")
     previous_version, previous_mae = _champion_mae(client, name)
     lineage = {k: v for k, v in client.get_run(run["run_id"]).data.tags.items() if k.startswith(("dvc.", "data.", "git."))}
-    version = mlflow.register_model(run["model_uri"], name, tags={
-        "run_id": run["run_id"], "test_mae": f"{test_mae:.4f}", **lineage,
-    })
+    version = mlflow.register_model(
+        run["model_uri"],
+        name,
+        tags={
+            "run_id": run["run_id"],
+            "test_mae": f"{test_mae:.4f}",
+            **lineage,
+        },
+    )
     # Compare at the precision the champion's MAE is stored with (4 decimals): a rerun of the same
     # recipe ties, and a tie does not take the alias.
     wins = previous_mae is None or round(test_mae, 4) < round(previous_mae, 4)
     alias = CHAMPION if wins else CHALLENGER
     client.set_registered_model_alias(name, alias, version.version)
     decision = {
-        "model": name, "version": int(version.version), "alias": alias, "test_mae": test_mae,
+        "model": name,
+        "version": int(version.version),
+        "alias": alias,
+        "test_mae": test_mae,
         "previous_champion_version": int(previous_version) if previous_version else None,
         "previous_champion_test_mae": previous_mae,
-        "reason": ("no champion yet" if previous_mae is None else
-                   f"test MAE {test_mae:.3f} {'<' if wins else '>='} champion's {previous_mae:.3f}"),
+        "reason": (
+            "no champion yet"
+            if previous_mae is None
+            else f"test MAE {test_mae:.3f} {'<' if wins else '>='} champion's {previous_mae:.3f}"
+        ),
     }
     with mlflow.start_run(run_id=run["run_id"]):
         mlflow.set_tags({"registry.version": version.version, "registry.alias": alias, "registry.reason": decision["reason"]})
@@ -68,7 +80,5 @@ def register(params: Params, model_dir: Path, metrics_path: Path, out_path: Path
             mlflow.log_metric("registry_previous_champion_test_mae", previous_mae)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(decision, indent=2) + "\n")
-    os.replace(tmp, out_path)
+    write_json_atomic(out_path, decision)
     return decision

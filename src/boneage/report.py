@@ -12,7 +12,9 @@ def metrics_table(metrics: dict) -> str:
             if not m or key not in m:
                 return "-"
             return f"{100 * m[key]:.0f}%" if pct else f"{m[key]:.2f}"
-        lines.append(f"| {label} | {fmt(val, 'mae')} | {fmt(test, 'mae')} | {fmt(test, 'within_12m', True)} | {test.get('n', 0) if test else 0} |")
+
+        n = test.get("n", 0) if test else 0
+        lines.append(f"| {label} | {fmt(val, 'mae')} | {fmt(test, 'mae')} | {fmt(test, 'within_12m', True)} | {n} |")
 
     val, test = metrics.get("val", {}), metrics.get("test", {})
     row("all", val, test)

@@ -11,11 +11,24 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
 SIGNATURE = ModelSignature(
-    inputs=Schema([ColSpec("string", "image"), ColSpec("string", "sex", required=False),
-                   ColSpec("double", "chronological_age_months", required=False)]),
-    outputs=Schema([ColSpec("double", "bone_age_months"), ColSpec("string", "bone_age"),
-                    ColSpec("double", "interval_low_months"), ColSpec("double", "interval_high_months"),
-                    ColSpec("double", "interval_level"), ColSpec("double", "sds"), ColSpec("string", "call")]),
+    inputs=Schema(
+        [
+            ColSpec("string", "image"),
+            ColSpec("string", "sex", required=False),
+            ColSpec("double", "chronological_age_months", required=False),
+        ]
+    ),
+    outputs=Schema(
+        [
+            ColSpec("double", "bone_age_months"),
+            ColSpec("string", "bone_age"),
+            ColSpec("double", "interval_low_months"),
+            ColSpec("double", "interval_high_months"),
+            ColSpec("double", "interval_level"),
+            ColSpec("double", "sds"),
+            ColSpec("string", "call"),
+        ]
+    ),
 )
 
 
@@ -50,8 +63,15 @@ def score_records(predictor, frame: pd.DataFrame) -> pd.DataFrame:
     for result in predictor.finish(admitted):  # one model call per batch of rows
         low, high = result.interval_months
         assessment = result.assessment or {}
-        rows.append({"bone_age_months": result.bone_age_months, "bone_age": result.bone_age,
-                     "interval_low_months": round(low, 2), "interval_high_months": round(high, 2),
-                     "interval_level": result.interval_level, "sds": assessment.get("sds"),
-                     "call": assessment.get("call")})
+        rows.append(
+            {
+                "bone_age_months": result.bone_age_months,
+                "bone_age": result.bone_age,
+                "interval_low_months": round(low, 2),
+                "interval_high_months": round(high, 2),
+                "interval_level": result.interval_level,
+                "sds": assessment.get("sds"),
+                "call": assessment.get("call"),
+            }
+        )
     return pd.DataFrame(rows)

@@ -8,6 +8,7 @@ stacks on free ports through the same :func:`start`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -104,8 +105,9 @@ def _pg_bindir() -> Path:
         return Path(os.path.realpath(pg_ctl)).parent
     found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
     if not found:
-        raise BoneageError("PostgreSQL is not installed: `make services` installs it "
-                           "(sudo apt-get install postgresql), or put pg_ctl on PATH")
+        raise BoneageError(
+            "PostgreSQL is not installed: `make services` installs it (sudo apt-get install postgresql), or put pg_ctl on PATH"
+        )
     return found[-1].parent
 
 
@@ -135,9 +137,26 @@ def _start_postgres(root: Path, port: int, password: str) -> None:
         pwfile.chmod(0o600)
         _chown_for_db(pwfile)
         try:
-            subprocess.run(_as_db_owner([str(bindir / "initdb"), "-D", str(data), "-U", PG_USER, "-A", "scram-sha-256",
-                                         f"--pwfile={pwfile}", "-E", "UTF8", "--no-instructions"]),
-                           check=True, capture_output=True, text=True)
+            subprocess.run(
+                _as_db_owner(
+                    [
+                        str(bindir / "initdb"),
+                        "-D",
+                        str(data),
+                        "-U",
+                        PG_USER,
+                        "-A",
+                        "scram-sha-256",
+                        f"--pwfile={pwfile}",
+                        "-E",
+                        "UTF8",
+                        "--no-instructions",
+                    ]
+                ),
+                check=True,
+                capture_output=True,
+                text=True,
+            )
         except subprocess.CalledProcessError as exc:
             raise BoneageError(f"initdb failed: {exc.stderr.strip()[-1000:]}") from None
         finally:
@@ -145,8 +164,11 @@ def _start_postgres(root: Path, port: int, password: str) -> None:
     log.touch()
     _chown_for_db(log)
     opts = f"-p {port} -c listen_addresses={HOST} -k {sockets}"
-    proc = subprocess.run(_as_db_owner([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", opts, "-w", "start"]),
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        _as_db_owner([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", opts, "-w", "start"]),
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         raise BoneageError(f"PostgreSQL did not start: {proc.stderr.strip()[-500:]}; see {log}")
     import psycopg2
@@ -162,8 +184,9 @@ def _start_postgres(root: Path, port: int, password: str) -> None:
 
 def _spawn(cmd: list[str], log: Path, cwd: Path, env: dict | None = None) -> int:
     with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
     return proc.pid
 
 
@@ -171,14 +194,18 @@ def _start_gcs(root: Path, port: int) -> int:
     folder = root / "gcs"
     folder.mkdir(parents=True, exist_ok=True)
     exe = shutil.which("gcp-storage-emulator") or str(Path(sys.executable).parent / "gcp-storage-emulator")
-    pid = _spawn([exe, "start", "--host", HOST, "--port", str(port), "--default-bucket", ARTIFACT_BUCKET],
-                 folder / "emulator.log", cwd=folder)
+    pid = _spawn(
+        [exe, "start", "--host", HOST, "--port", str(port), "--default-bucket", ARTIFACT_BUCKET],
+        folder / "emulator.log",
+        cwd=folder,
+    )
     _wait("the GCS emulator", lambda: _port_open(port), folder / "emulator.log", pid)
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 
-    gcs = storage.Client(credentials=AnonymousCredentials(), project="boneage-local",
-                         client_options={"api_endpoint": f"http://{HOST}:{port}"})
+    gcs = storage.Client(
+        credentials=AnonymousCredentials(), project="boneage-local", client_options={"api_endpoint": f"http://{HOST}:{port}"}
+    )
     for bucket in (ARTIFACT_BUCKET, DATA_BUCKET):
         if gcs.lookup_bucket(bucket) is None:
             gcs.create_bucket(bucket)
@@ -205,17 +232,38 @@ def _start_mlflow(root: Path, stack: Stack) -> int:
     if not secret_key.is_file():
         secret_key.write_text(secrets.token_hex(32))
         secret_key.chmod(0o600)
-    env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(auth_ini.resolve()),
-           "MLFLOW_FLASK_SERVER_SECRET_KEY": secret_key.read_text().strip(),
-           "STORAGE_EMULATOR_HOST": stack.gcs_endpoint, "GOOGLE_CLOUD_PROJECT": "boneage-local"}
+    env = {
+        **os.environ,
+        "MLFLOW_AUTH_CONFIG_PATH": str(auth_ini.resolve()),
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": secret_key.read_text().strip(),
+        "STORAGE_EMULATOR_HOST": stack.gcs_endpoint,
+        "GOOGLE_CLOUD_PROJECT": "boneage-local",
+    }
     for key in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", PASSWORD_ENV):
         env.pop(key, None)
     exe = shutil.which("mlflow") or str(Path(sys.executable).parent / "mlflow")
-    pid = _spawn([exe, "server", "--host", HOST, "--port", str(stack.mlflow_port),
-                  "--backend-store-uri", stack.postgres_uri,
-                  "--artifacts-destination", f"gs://{ARTIFACT_BUCKET}/mlflow",
-                  "--serve-artifacts", "--app-name", "basic-auth", "--workers", "1"],
-                 folder / "server.log", cwd=folder, env=env)
+    pid = _spawn(
+        [
+            exe,
+            "server",
+            "--host",
+            HOST,
+            "--port",
+            str(stack.mlflow_port),
+            "--backend-store-uri",
+            stack.postgres_uri,
+            "--artifacts-destination",
+            f"gs://{ARTIFACT_BUCKET}/mlflow",
+            "--serve-artifacts",
+            "--app-name",
+            "basic-auth",
+            "--workers",
+            "1",
+        ],
+        folder / "server.log",
+        cwd=folder,
+        env=env,
+    )
 
     def healthy() -> bool:
         import requests
@@ -230,10 +278,8 @@ def _start_mlflow(root: Path, stack: Stack) -> int:
 
 
 def _alive(pid: int) -> bool:
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)  # reap it if it was our child and has exited
-    except ChildProcessError:
-        pass
     try:
         os.kill(pid, 0)
     except (ProcessLookupError, PermissionError):
@@ -266,8 +312,7 @@ def start(root: Path = DEFAULT_ROOT, ports: dict[str, int] | None = None, passwo
     password = password or os.environ.get(PASSWORD_ENV) or (secret_file.read_text().strip() if secret_file.is_file() else "")
     if not password:
         password = secrets.token_urlsafe(24)
-        print(f"{PASSWORD_ENV} not set: generated one, kept in {secret_file} (boneage services env prints it)",
-              file=sys.stderr)
+        print(f"{PASSWORD_ENV} not set: generated one, kept in {secret_file} (boneage services env prints it)", file=sys.stderr)
     secret_file.write_text(password)
     secret_file.chmod(0o600)
     stack = Stack(str(root), ports["postgres"], ports["gcs"], ports["mlflow"], password, {})
@@ -300,14 +345,13 @@ def stop(root: Path = DEFAULT_ROOT) -> bool:
     for name in ("mlflow", "gcs"):
         pid = stack.pids.get(name)
         if pid and _alive(pid):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
     data = root / "postgres" / "data"
     if (data / "postmaster.pid").is_file():
-        subprocess.run(_as_db_owner([str(_pg_bindir() / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
-                       capture_output=True)
+        subprocess.run(
+            _as_db_owner([str(_pg_bindir() / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]), capture_output=True
+        )
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline and any(_alive(p) for p in stack.pids.values()):
         time.sleep(0.2)

@@ -15,7 +15,7 @@ from importlib import resources
 
 import numpy as np
 
-from boneage.errors import BadInputError
+from boneage.contracts import parse_age
 
 TABLE = "greulich-pyle-brush-standards.csv"
 # |SDS| above this calls the bone age delayed or advanced.
@@ -34,8 +34,9 @@ def table() -> dict[str, Standard]:
     rows: dict[str, list[tuple[float, float, float]]] = {"M": [], "F": []}
     with resources.files("boneage").joinpath(f"resources/{TABLE}").open(newline="") as fh:
         for row in csv.DictReader(fh):
-            rows[row["sex"]].append((float(row["chronological_age_months"]), float(row["mean_bone_age_months"]),
-                                     float(row["sd_months"])))
+            rows[row["sex"]].append(
+                (float(row["chronological_age_months"]), float(row["mean_bone_age_months"]), float(row["sd_months"]))
+            )
     return {sex: Standard(*map(np.array, zip(*sorted(r), strict=True))) for sex, r in rows.items()}
 
 
@@ -66,14 +67,19 @@ def expected(ca_months: float, male: bool) -> tuple[float, float] | None:
 
 
 def assess(ba_months: float, ca_months: float, male: bool) -> Assessment:
-    if not np.isfinite(ca_months) or ca_months < 0 or ca_months > 240:
-        raise BadInputError(f"chronological age {ca_months!r} months is outside 0-240")
+    ca_months = parse_age(ca_months, "chronological age")
     found = expected(ca_months, male)
     if found is None:
         std = table()[sex_code(male)]
-        return Assessment(ba_months, ca_months, ba_months - ca_months, None, None, None,
-                          f"no standard for {sex_code(male)} at {ca_months:.0f} months "
-                          f"(the table covers {std.ages[0]:.0f}-{std.ages[-1]:.0f})")
+        return Assessment(
+            ba_months,
+            ca_months,
+            ba_months - ca_months,
+            None,
+            None,
+            None,
+            f"no standard for {sex_code(male)} at {ca_months:.0f} months (the table covers {std.ages[0]:.0f}-{std.ages[-1]:.0f})",
+        )
     mean, sd = found
     sds = (ba_months - mean) / sd
     call = "delayed" if sds < -SDS_THRESHOLD else "advanced" if sds > SDS_THRESHOLD else "normal"

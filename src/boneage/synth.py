@@ -35,14 +35,14 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 from tqdm import tqdm
 
-from boneage.config import SYNTHETIC_TRUTH_FILE
+from boneage.contracts import SYNTHETIC_TRUTH_FILE, atomic_path, write_csv_atomic
 from boneage.errors import BoneageError
 
 CSV_NAME = "boneage-training-dataset.csv"
 IMAGE_DIR = "boneage-training-dataset"
-TRUTH_NAME = SYNTHETIC_TRUTH_FILE
 SPEC_NAME = "synthetic-spec.json"
 
 # Girls' skeletons are more mature at the same bone-age rating: maturity = bone age x this factor.
@@ -258,8 +258,21 @@ def render_with(bone_age_months: float, male: bool, size: int, nz: Nuisance) -> 
     tissue = 0.32
 
     # Forearm and palm soft tissue.
-    canvas.polygon(canvas.tissue, [(-0.20, -0.9), (0.20, -0.9), (0.20, 0.0), (0.25, 0.12), (0.21, 0.30),
-                                   (0.16, 0.45), (-0.17, 0.42), (-0.21, 0.20), (-0.19, 0.0)], tissue)
+    canvas.polygon(
+        canvas.tissue,
+        [
+            (-0.20, -0.9),
+            (0.20, -0.9),
+            (0.20, 0.0),
+            (0.25, 0.12),
+            (0.21, 0.30),
+            (0.16, 0.45),
+            (-0.17, 0.42),
+            (-0.21, 0.20),
+            (-0.19, 0.0),
+        ],
+        tissue,
+    )
     # Radius (thumb side) and ulna: epiphyses at their distal ends.
     ep_stats: list[tuple[float, float]] = []
     for x, w, kind in ((0.075, 0.115, "radius"), (-0.105, 0.075, "ulna")):
@@ -294,8 +307,7 @@ def render_with(bone_age_months: float, male: bool, size: int, nz: Nuisance) -> 
             at_start = not is_metacarpal or is_thumb
             kind = "metacarpal" if is_metacarpal else "phalanx"
             acc = ep_stats if not is_metacarpal else []
-            _bone_with_epiphysis(canvas, point + cartilage, end - cartilage, width_here, t, kind, at_start,
-                                 density, cortex, acc)
+            _bone_with_epiphysis(canvas, point + cartilage, end - cartilage, width_here, t, kind, at_start, density, cortex, acc)
             if ray_index == 2 and bone_index == 1:
                 geo.bone_fill = width_here / tissue_width
             point = end + direction * JOINT_GAP
@@ -370,23 +382,16 @@ def draw_labels(count: int, seed: int, label_noise_sd: float) -> list[tuple[str,
     return labels
 
 
-def noise_floor_mae(label_noise_sd: float) -> float:
-    """MAE of a perfect model against noisy labels: E|N(0, sd)| = sd * sqrt(2/pi)."""
-    return label_noise_sd * math.sqrt(2.0 / math.pi)
-
-
 def _render_one(job: tuple[Path, str, float, bool, int, int, int]) -> str:
     path, image_id, true_age, male, size, seed, index = job
     rng = np.random.default_rng([seed, 1, index])
     img, _ = render(true_age, male, size, rng)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    cv2.imwrite(str(tmp), img, [cv2.IMWRITE_PNG_COMPRESSION, 3])
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        cv2.imwrite(str(tmp), img, [cv2.IMWRITE_PNG_COMPRESSION, 3])
     return image_id
 
 
-def write_dataset(out: Path, count: int, seed: int, size: int = 512, workers: int = 0,
-                  label_noise_sd: float = 6.0) -> Path:
+def write_dataset(out: Path, count: int, seed: int, size: int = 512, workers: int = 0, label_noise_sd: float = 6.0) -> Path:
     """Write the Kaggle layout: ``boneage-training-dataset.csv`` (id,boneage,male) and PNGs."""
     out = Path(out)
     image_dir = out / IMAGE_DIR
@@ -403,16 +408,13 @@ def write_dataset(out: Path, count: int, seed: int, size: int = 512, workers: in
             chunks = max(1, min(32, count // (workers * 4)))
             for _ in tqdm(pool.map(_render_one, jobs, chunksize=chunks), total=count, desc="synth", unit="img"):
                 pass
-    with open(out / TRUTH_NAME, "w", newline="") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(["id", "boneage", "male", "true_boneage"])
-        writer.writerows((i, label, male, f"{true_age:.3f}") for i, label, male, true_age in labels)
+    truth = pd.DataFrame(
+        [(i, label, male, f"{true_age:.3f}") for i, label, male, true_age in labels],
+        columns=["id", "boneage", "male", "true_boneage"],
+    )
+    write_csv_atomic(truth, out / SYNTHETIC_TRUTH_FILE)
     csv_path = out / CSV_NAME
-    with open(csv_path.with_suffix(".tmp"), "w", newline="") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(["id", "boneage", "male"])
-        writer.writerows((i, label, "True" if male else "False") for i, label, male, _ in labels)
-    os.replace(csv_path.with_suffix(".tmp"), csv_path)  # the CSV last: its presence means complete
+    write_csv_atomic(truth[["id", "boneage", "male"]], csv_path)  # the CSV last: its presence means complete
     return csv_path
 
 
@@ -420,8 +422,13 @@ def ensure_synthetic_dataset(params) -> Path:
     """The embedded default: generate ``data.synthetic_dir`` unless it already holds this spec."""
     cfg = params.data.synthetic
     out = Path(params.data.synthetic_dir)
-    spec = {"count": cfg.count, "size": cfg.image_size, "seed": params.seed,
-            "label_noise_sd": cfg.label_noise_sd_months, "generator": 1}
+    spec = {
+        "count": cfg.count,
+        "size": cfg.image_size,
+        "seed": params.seed,
+        "label_noise_sd": cfg.label_noise_sd_months,
+        "generator": 1,
+    }
     spec_path = out / SPEC_NAME
     if spec_path.is_file() and (out / CSV_NAME).is_file():
         try:
@@ -436,12 +443,3 @@ def ensure_synthetic_dataset(params) -> Path:
     write_dataset(out, cfg.count, params.seed, cfg.image_size, cfg.workers, cfg.label_noise_sd_months)
     spec_path.write_text(json.dumps(spec, indent=2) + "\n")
     return out
-
-
-def resolve_source(params, source: str | None = None) -> str:
-    """The source to ingest: ``synthetic`` (or a synthetic_dir not generated yet) means the embedded
-    default dataset, generated on first use; anything else is returned as given."""
-    source = source or params.data.source
-    if source == "synthetic" or (source == params.data.synthetic_dir and not Path(source).exists()):
-        return str(ensure_synthetic_dataset(params))
-    return source

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from boneage.contracts import atomic_path
+
 FEATURES = {
     "image": tf.io.FixedLenFeature([], tf.string),  # PNG, uint8 grayscale, square
     "male": tf.io.FixedLenFeature([], tf.int64),
@@ -55,10 +57,8 @@ def write_shards(directory: Path, split: str, records: list[bytes], shard_size: 
     names = []
     for index in range(count):
         name = shard_name(split, index, count)
-        tmp = directory / (name + ".tmp")
-        with tf.io.TFRecordWriter(str(tmp)) as writer:
+        with atomic_path(directory / name) as tmp, tf.io.TFRecordWriter(str(tmp)) as writer:
             for record in records[index * shard_size : (index + 1) * shard_size]:
                 writer.write(record)
-        tmp.replace(directory / name)
         names.append(name)
     return names

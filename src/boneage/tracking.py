@@ -18,9 +18,9 @@ from typing import Any
 import yaml
 
 from boneage.config import Params
+from boneage.contracts import MANIFEST_FILE, RUN_FILE, write_json_atomic
 from boneage.errors import BoneageError
 
-RUN_FILE = "run.json"
 # Never logged as params or tags, whatever a config or environment holds.
 SECRET_MARKERS = ("password", "secret", "token", "credential", "key")
 
@@ -49,16 +49,21 @@ def probe_server(uri: str, timeout: float) -> None:
     try:
         requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)
     except requests.RequestException as exc:
-        raise BoneageError(f"MLflow server {redact_uri(uri)} is unreachable ({type(exc).__name__}); start it "
-                           "(make services) or point MLFLOW_TRACKING_URI elsewhere") from None
+        raise BoneageError(
+            f"MLflow server {redact_uri(uri)} is unreachable ({type(exc).__name__}); start it "
+            "(make services) or point MLFLOW_TRACKING_URI elsewhere"
+        ) from None
     user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
     auth = (user, password) if user and password else None
-    reply = requests.get(f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search", params={"max_results": 1},
-                         auth=auth, timeout=timeout)
+    reply = requests.get(
+        f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search", params={"max_results": 1}, auth=auth, timeout=timeout
+    )
     if reply.status_code in (401, 403):
         given = "with" if auth else "without"
-        raise BoneageError(f"MLflow server {redact_uri(uri)} refused the request {given} credentials (HTTP "
-                           f"{reply.status_code}): set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
+        raise BoneageError(
+            f"MLflow server {redact_uri(uri)} refused the request {given} credentials (HTTP "
+            f"{reply.status_code}): set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+        )
 
 
 def connect(params: Params) -> str:
@@ -75,8 +80,11 @@ def connect(params: Params) -> str:
             if not params.mlflow.fallback_to_local:
                 raise
             local = params.mlflow.local_fallback_uri
-            print(f"warning: {exc}\nwarning: mlflow.fallback_to_local is set: logging to {local} instead; "
-                  "import the run later with mlflow's export tools", file=sys.stderr)
+            print(
+                f"warning: {exc}\nwarning: mlflow.fallback_to_local is set: logging to {local} instead; "
+                "import the run later with mlflow's export tools",
+                file=sys.stderr,
+            )
             uri = local
             os.environ["MLFLOW_TRACKING_URI"] = local  # the later steps of this run follow
     _ensure_local_store(uri)
@@ -125,8 +133,12 @@ def git_commit() -> str:
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
         # dvc.lock is rewritten by `dvc repro` itself; it does not make the code dirty.
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!dvc.lock"],
-                               capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!dvc.lock"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -144,7 +156,7 @@ def data_lineage(data_dir: Path) -> dict[str, str]:
     """The hashes that tie a run to its data: DVC's, from dvc.lock when present, and the
     preprocessed manifest's own md5 (which also covers runs outside DVC)."""
     tags = {}
-    manifest = Path(data_dir) / "manifest.csv"
+    manifest = Path(data_dir) / MANIFEST_FILE
     if manifest.is_file():
         tags["data.manifest_md5"] = file_md5(manifest)
     lock = Path("dvc.lock")
@@ -163,10 +175,9 @@ def data_lineage(data_dir: Path) -> dict[str, str]:
 
 def write_run_file(out_dir: Path, run_id: str, experiment_id: str, uri: str, model_uri: str) -> Path:
     path = Path(out_dir) / RUN_FILE
-    tmp = path.with_suffix(".tmp")
-    record = {"run_id": run_id, "experiment_id": experiment_id, "tracking_uri": redact_uri(uri), "model_uri": model_uri}
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_json_atomic(
+        path, {"run_id": run_id, "experiment_id": experiment_id, "tracking_uri": redact_uri(uri), "model_uri": model_uri}
+    )
     return path
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import shutil
 import sys
 import time
@@ -20,15 +19,26 @@ import tensorflow as tf
 
 from boneage import tracking
 from boneage.config import Params
-from boneage.dataset import make_dataset
+from boneage.contracts import (
+    CHECKPOINT_DIR,
+    CHECKPOINT_STATE_FILE,
+    HISTORY_FILE,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    PREDICTOR_FILE,
+    RUN_FILE,
+    TARGET_FILE,
+    atomic_path,
+    read_manifest,
+    write_json_atomic,
+)
+from boneage.dataset import make_dataset, predict_split
 from boneage.errors import BoneageError
 from boneage.model import BoneAgeModel, MonthsMAE, build_model, from_train_model, make_loss, recalibrate_batchnorm
-from boneage.predict import PREDICTOR_FILE, PredictorConfig, conformal_halfwidth
+from boneage.predict import PredictorConfig, conformal_halfwidth
 
-MODEL_FILE = "model.keras"
-CHECKPOINT_DIR = "checkpoint"
-HISTORY_FILE = "history.csv"
-TARGET_FILE = "target.json"
+CHECKPOINT_MODEL_FILE = "train.keras"
+TRAINING_CURVE_FILE = "training_curve.png"
 
 
 @dataclass
@@ -62,15 +72,13 @@ def _config_fingerprint(params: Params, data_dir: Path) -> str:
     """What a checkpoint must match to be resumed: the recipe and the exact data."""
     recipe = params.model_dump(mode="json", include={"seed", "preset", "preprocess", "model", "train"})
     recipe["train"].pop("max_minutes", None)
-    manifest = data_dir / "manifest.csv"
-    payload = json.dumps(recipe, sort_keys=True) + tracking.file_md5(manifest)
+    payload = json.dumps(recipe, sort_keys=True) + tracking.file_md5(data_dir / MANIFEST_FILE)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 def _atomic_save(model: keras.Model, path: Path) -> None:
-    tmp = path.with_name(path.stem + ".partial.keras")
-    model.save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        model.save(tmp)
 
 
 class _EpochEnd(keras.callbacks.Callback):
@@ -91,11 +99,9 @@ class _EpochEnd(keras.callbacks.Callback):
 
         logs = dict(logs or {})
         logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        _atomic_save(self.model, self.ckpt_dir / "train.keras")
+        _atomic_save(self.model, self.ckpt_dir / CHECKPOINT_MODEL_FILE)
         state = {"fingerprint": self.fingerprint, "epoch": epoch + 1, "phase": self.phase, "completed": False}
-        tmp = self.ckpt_dir / "state.json.tmp"
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, self.ckpt_dir / "state.json")
+        write_json_atomic(self.ckpt_dir / CHECKPOINT_STATE_FILE, state)
         row = {"epoch": epoch + 1, "phase": self.phase, **{k: round(float(v), 6) for k, v in logs.items()}}
         new = not self.history_path.exists()
         with open(self.history_path, "a", newline="") as fh:
@@ -106,8 +112,9 @@ class _EpochEnd(keras.callbacks.Callback):
         mlflow.log_metrics({k: float(v) for k, v in logs.items()}, step=epoch + 1)
         now = time.monotonic()
         if self.deadline and now + (now - self.epoch_started) > self.deadline:
-            print(f"train.max_minutes: another epoch would end past the budget; stopping after epoch {epoch + 1}",
-                  file=sys.stderr)
+            print(
+                f"train.max_minutes: another epoch would end past the budget; stopping after epoch {epoch + 1}", file=sys.stderr
+            )
             self.model.stop_training = True
 
 
@@ -142,7 +149,7 @@ def compile_model(model: keras.Model, params: Params, learning_rate, target_sd: 
 
 
 def _load_checkpoint(ckpt_dir: Path, fingerprint: str) -> tuple[keras.Model, dict] | None:
-    state_path, model_path = ckpt_dir / "state.json", ckpt_dir / "train.keras"
+    state_path, model_path = ckpt_dir / CHECKPOINT_STATE_FILE, ckpt_dir / CHECKPOINT_MODEL_FILE
     if not (state_path.is_file() and model_path.is_file()):
         return None
     try:
@@ -159,127 +166,228 @@ def _load_checkpoint(ckpt_dir: Path, fingerprint: str) -> tuple[keras.Model, dic
     return model, state
 
 
-def train(params: Params, data_dir: Path, out_dir: Path) -> TrainResult:
-    import mlflow
+@dataclass
+class _Data:
+    """What training reads: the preprocessed manifest, the target's standardisation and the
+    datasets (``recal`` holds un-augmented training batches for precise BatchNorm)."""
 
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
-    if not (data_dir / "manifest.csv").is_file():
-        raise BoneageError(f"{data_dir}: no manifest.csv (run `boneage preprocess` first)")
-    manifest = pd.read_csv(data_dir / "manifest.csv", dtype={"id": str})
-    target_mean, target_sd = target_stats(manifest)
-    n_train = int((manifest["split"] == "train").sum())
+    manifest: pd.DataFrame
+    target_mean: float
+    target_sd: float
+    train: tf.data.Dataset
+    val: tf.data.Dataset
+    steps_per_epoch: int
+    recal: tf.data.Dataset | None
+    recal_batches: int
+
+    @property
+    def n_train(self) -> int:
+        return int((self.manifest["split"] == "train").sum())
+
+
+def _load_data(params: Params, data_dir: Path) -> _Data:
+    manifest = read_manifest(data_dir)
+    mean, sd = target_stats(manifest)
     size, tcfg = params.preprocess.image_size, params.train
-    keras.utils.set_random_seed(params.seed)
-
-    experiment_id = tracking.connect(params)  # fails fast, before any training, if MLflow is down
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_dir = out_dir / CHECKPOINT_DIR
-    ckpt_dir.mkdir(exist_ok=True)
-    fingerprint = _config_fingerprint(params, data_dir)
-    strategy = _strategy(params)
-
-    train_ds = make_dataset(data_dir, "train", size, tcfg.batch_size, target_mean=target_mean, target_sd=target_sd,
-                            training=True, augment=tcfg.augment, shuffle_buffer=tcfg.shuffle_buffer, seed=params.seed)
-    val_ds = make_dataset(data_dir, "val", size, tcfg.batch_size, target_mean=target_mean, target_sd=target_sd)
-    steps = tcfg.steps_per_epoch or max(1, -(-n_train // tcfg.batch_size))
-    recal_batches, recal_count = None, 0
+    n_train, n_val = (int((manifest["split"] == s).sum()) for s in ("train", "val"))
+    standardise = {"target_mean": mean, "target_sd": sd}
+    train_ds = make_dataset(
+        data_dir,
+        "train",
+        size,
+        tcfg.batch_size,
+        **standardise,
+        training=True,
+        augment=tcfg.augment,
+        shuffle_buffer=tcfg.shuffle_buffer,
+        seed=params.seed,
+    )
+    val_ds = make_dataset(data_dir, "val", size, tcfg.batch_size, **standardise, examples=n_val)
+    recal, recal_batches = None, 0
     if tcfg.bn_recalibration_images:
         recal_images = min(tcfg.bn_recalibration_images, n_train)
         recal_batch = min(tcfg.bn_recalibration_batch_size or recal_images, recal_images)
-        recal_count = -(-recal_images // recal_batch)
-        recal_batches = make_dataset(data_dir, "train", size, recal_batch, target_mean=target_mean, target_sd=target_sd,
-                                     training=True, augment=None, seed=params.seed + 1, shuffle_buffer=tcfg.shuffle_buffer)
+        recal_batches = -(-recal_images // recal_batch)
+        recal = make_dataset(
+            data_dir,
+            "train",
+            size,
+            recal_batch,
+            **standardise,
+            training=True,
+            augment=None,
+            seed=params.seed + 1,
+            shuffle_buffer=tcfg.shuffle_buffer,
+        )
+    steps = tcfg.steps_per_epoch or max(1, -(-n_train // tcfg.batch_size))
+    return _Data(manifest, mean, sd, train_ds, val_ds, steps, recal, recal_batches)
 
+
+def _start_or_resume(
+    params: Params, data: _Data, ckpt_dir: Path, fingerprint: str
+) -> tuple[BoneAgeModel, dict | None, str | None]:
+    """The model to train: from the checkpoint when one matches this recipe and data (with its
+    state and MLflow run id), else freshly built in an emptied checkpoint folder."""
     resumed = _load_checkpoint(ckpt_dir, fingerprint)
-    history_path = ckpt_dir / HISTORY_FILE
-    start_epoch, run_id = 0, None
-    with strategy.scope():
-        if resumed:
-            train_model, state = resumed
-            model = from_train_model(train_model, target_mean, target_sd)
-            start_epoch = int(state["epoch"])
-            run_id = json.loads((ckpt_dir / "run.json").read_text())["run_id"] if (ckpt_dir / "run.json").exists() else None
-            print(f"resuming from the checkpoint after epoch {start_epoch} ({state['phase']})", file=sys.stderr)
-        else:
-            shutil.rmtree(ckpt_dir, ignore_errors=True)
-            ckpt_dir.mkdir()
-            model = build_model(params.model, size, target_mean, target_sd)
+    if resumed:
+        train_model, state = resumed
+        run_file = ckpt_dir / RUN_FILE
+        run_id = json.loads(run_file.read_text())["run_id"] if run_file.exists() else None
+        print(f"resuming from the checkpoint after epoch {state['epoch']} ({state['phase']})", file=sys.stderr)
+        return from_train_model(train_model, data.target_mean, data.target_sd), state, run_id
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    ckpt_dir.mkdir(parents=True)
+    return build_model(params.model, params.preprocess.image_size, data.target_mean, data.target_sd), None, None
 
-    run = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id,
-                           run_name=None if run_id else f"{params.model.backbone}-{size}px",
-                           log_system_metrics=params.mlflow.log_system_metrics)
-    with run:
-        run_id = run.info.run_id
-        (ckpt_dir / "run.json").write_text(json.dumps({"run_id": run_id}))
+
+def _log_run_start(params: Params, data: _Data, data_dir: Path, model: BoneAgeModel) -> None:
+    import mlflow
+
+    manifest = data.manifest
+    mlflow.log_params(tracking.flatten(params.model_dump(mode="json")))
+    mlflow.log_params(
+        {
+            "data.n_train": data.n_train,
+            "data.n_val": int((manifest["split"] == "val").sum()),
+            "data.n_test": int((manifest["split"] == "test").sum()),
+            "target.mean_months": round(data.target_mean, 4),
+            "target.sd_months": round(data.target_sd, 4),
+            "model.parameters": model.train.count_params(),
+        }
+    )
+    mlflow.set_tags({"git.commit": tracking.git_commit(), **tracking.data_lineage(data_dir), "boneage.preset": params.preset})
+
+
+def _phases(params: Params) -> list[tuple[str, int, int, bool, float]]:
+    """(name, first epoch, end epoch, backbone trainable, peak learning rate) per phase."""
+    tcfg = params.train
+    if params.model.weights.lower() == "none":
+        # From random weights a frozen backbone is noise: nothing to warm up around.
+        return [("finetune", 0, tcfg.epochs, True, tcfg.learning_rate)]
+    warmup = min(tcfg.warmup_epochs, tcfg.epochs)
+    return [
+        ("warmup", 0, warmup, False, tcfg.learning_rate),
+        ("finetune", warmup, tcfg.epochs, True, tcfg.fine_tune_learning_rate),
+    ]
+
+
+def _callbacks(params: Params, data: _Data, phase: str, epoch_end: _EpochEnd) -> list[keras.callbacks.Callback]:
+    tcfg = params.train
+    callbacks = [*([_PreciseBatchNorm(data.recal, data.recal_batches, data.steps_per_epoch)] if data.recal else []), epoch_end]
+    if tcfg.lr_schedule == "plateau":
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_mae_months",
+                mode="min",
+                factor=tcfg.reduce_lr_factor,
+                patience=tcfg.reduce_lr_patience,
+                min_lr=tcfg.min_learning_rate,
+            )
+        )
+    if phase == "finetune":
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_mae_months", mode="min", patience=tcfg.early_stopping_patience, restore_best_weights=True
+            )
+        )
+    return callbacks
+
+
+def _fit(params: Params, data: _Data, model: BoneAgeModel, ckpt_dir: Path, fingerprint: str, resumed_state: dict | None) -> None:
+    """Run the phases from where the checkpoint left off, until done, early-stopped or out of budget."""
+    tcfg = params.train
+    start_epoch = int(resumed_state["epoch"]) if resumed_state else 0
+    deadline = time.monotonic() + tcfg.max_minutes * 60 if tcfg.max_minutes else None
+    verbose = 1 if sys.stderr.isatty() else 2
+    for phase, first, last, backbone_trainable, lr in _phases(params):
+        if last <= max(first, start_epoch):
+            continue
+        continuing = resumed_state is not None and start_epoch > first and resumed_state["phase"] == phase
+        if not continuing:
+            model.backbone.trainable = backbone_trainable
+            compile_model(model.train, params, _learning_rate(params, lr, (last - first) * data.steps_per_epoch), data.target_sd)
+        epoch_end = _EpochEnd(ckpt_dir, fingerprint, ckpt_dir / HISTORY_FILE, phase, deadline)
+        model.train.fit(
+            data.train,
+            validation_data=data.val,
+            epochs=last,
+            initial_epoch=max(first, start_epoch),
+            steps_per_epoch=data.steps_per_epoch,
+            callbacks=_callbacks(params, data, phase, epoch_end),
+            verbose=verbose,
+            shuffle=False,
+        )
+        if model.train.stop_training:
+            return
+
+
+def _calibrate_and_save(params: Params, data: _Data, model: BoneAgeModel, data_dir: Path, out_dir: Path) -> BoneAgeModel:
+    """Fit the bias correction and the conformal interval on the validation residuals, then write
+    the model that reports months and its predictor.json."""
+    import mlflow
+
+    tcfg = params.train
+    residuals = _validation_residuals(model, data_dir, data.manifest, params.preprocess.image_size, tcfg.batch_size)
+    correct = tcfg.correct_bias_on_val and len(residuals) >= tcfg.bias_correction_min_images
+    offset = float(np.median(residuals)) if correct else 0.0
+    halfwidth = conformal_halfwidth(residuals - offset, tcfg.interval_level)
+    mlflow.log_metric("interval_halfwidth_months", halfwidth)
+    PredictorConfig(
+        preprocess=params.preprocess.model_dump(mode="json"),
+        max_image_pixels=params.data.max_image_pixels,
+        use_sex=params.model.use_sex,
+        interval_level=tcfg.interval_level,
+        interval_halfwidth_months=halfwidth,
+    ).write(out_dir / PREDICTOR_FILE)
+    if offset:
+        model = from_train_model(model.train, data.target_mean, data.target_sd, offset)
+        mlflow.log_metric("val_bias_correction_months", offset)
+        print(f"bias correction from the validation split: {offset:+.2f} months", file=sys.stderr)
+    _atomic_save(model.predict, out_dir / MODEL_FILE)
+    write_json_atomic(
+        out_dir / TARGET_FILE, {"mean_months": data.target_mean, "sd_months": data.target_sd, "offset_months": offset}
+    )
+    return model
+
+
+def train(params: Params, data_dir: Path, out_dir: Path) -> TrainResult:
+    """Train on ``data_dir`` (preprocess's output) into ``out_dir``, resuming a matching checkpoint."""
+    import mlflow
+
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    data = _load_data(params, data_dir)
+    keras.utils.set_random_seed(params.seed)
+    experiment_id = tracking.connect(params)  # fails fast, before any training, if MLflow is down
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = out_dir / CHECKPOINT_DIR
+    fingerprint = _config_fingerprint(params, data_dir)
+    with _strategy(params).scope():
+        model, resumed_state, run_id = _start_or_resume(params, data, ckpt_dir, fingerprint)
+    start_epoch = int(resumed_state["epoch"]) if resumed_state else 0
+    size = params.preprocess.image_size
+    with mlflow.start_run(
+        run_id=run_id,
+        experiment_id=None if run_id else experiment_id,
+        run_name=None if run_id else f"{params.model.backbone}-{size}px",
+        log_system_metrics=params.mlflow.log_system_metrics,
+    ) as run:
+        write_json_atomic(ckpt_dir / RUN_FILE, {"run_id": run.info.run_id})
         if start_epoch == 0:
-            mlflow.log_params(tracking.flatten(params.model_dump(mode="json")))
-            mlflow.log_params({"data.n_train": n_train, "data.n_val": int((manifest["split"] == "val").sum()),
-                               "data.n_test": int((manifest["split"] == "test").sum()),
-                               "target.mean_months": round(target_mean, 4), "target.sd_months": round(target_sd, 4),
-                               "model.parameters": model.train.count_params()})
-            mlflow.set_tags({"git.commit": tracking.git_commit(), **tracking.data_lineage(data_dir),
-                             "boneage.preset": params.preset})
-        deadline = time.monotonic() + tcfg.max_minutes * 60 if tcfg.max_minutes else None
-        verbose = 1 if sys.stderr.isatty() else 2
-        total = tcfg.epochs
-        warmup = min(tcfg.warmup_epochs, total)
-        phases = [("warmup", 0, warmup, False, tcfg.learning_rate), ("finetune", warmup, total, True, tcfg.fine_tune_learning_rate)]
-        if params.model.weights.lower() == "none":
-            # From random weights a frozen backbone is noise: nothing to warm up around.
-            phases = [("finetune", 0, total, True, tcfg.learning_rate)]
-        stopped = False
-        for phase, first, last, backbone_trainable, lr in phases:
-            if last <= max(first, start_epoch) or stopped:
-                continue
-            continuing = resumed is not None and start_epoch > first and resumed[1]["phase"] == phase
-            if not continuing:
-                model.backbone.trainable = backbone_trainable
-                compile_model(model.train, params, _learning_rate(params, lr, (last - first) * steps), target_sd)
-            callbacks = [
-                *([_PreciseBatchNorm(recal_batches, recal_count, steps)] if recal_batches is not None else []),
-                _EpochEnd(ckpt_dir, fingerprint, history_path, phase, deadline),
-            ]
-            if tcfg.lr_schedule == "plateau":
-                callbacks.append(keras.callbacks.ReduceLROnPlateau(
-                    monitor="val_mae_months", mode="min", factor=tcfg.reduce_lr_factor,
-                    patience=tcfg.reduce_lr_patience, min_lr=tcfg.min_learning_rate))
-            if phase == "finetune":
-                callbacks.append(keras.callbacks.EarlyStopping(monitor="val_mae_months", mode="min", patience=tcfg.early_stopping_patience,
-                                                               restore_best_weights=True))
-            model.train.fit(train_ds, validation_data=val_ds, epochs=last, initial_epoch=max(first, start_epoch),
-                            steps_per_epoch=steps, callbacks=callbacks, verbose=verbose, shuffle=False)
-            stopped = bool(model.train.stop_training)
-
-        history = pd.read_csv(history_path) if history_path.exists() else pd.DataFrame()
+            _log_run_start(params, data, data_dir, model)
+        _fit(params, data, model, ckpt_dir, fingerprint, resumed_state)
+        history = pd.read_csv(ckpt_dir / HISTORY_FILE) if (ckpt_dir / HISTORY_FILE).exists() else pd.DataFrame()
         best_val = float(history["val_mae_months"].min()) if "val_mae_months" in history else float("nan")
-        residuals = _validation_residuals(model, data_dir, manifest, size, tcfg.batch_size)
-        correct = tcfg.correct_bias_on_val and len(residuals) >= tcfg.bias_correction_min_images
-        offset = float(np.median(residuals)) if correct else 0.0
-        halfwidth = conformal_halfwidth(residuals - offset, tcfg.interval_level)
-        mlflow.log_metric("interval_halfwidth_months", halfwidth)
-        PredictorConfig(preprocess=params.preprocess.model_dump(mode="json"), max_image_pixels=params.data.max_image_pixels,
-                        use_sex=params.model.use_sex, interval_level=tcfg.interval_level,
-                        interval_halfwidth_months=halfwidth).write(out_dir / PREDICTOR_FILE)
-        if offset:
-            model = from_train_model(model.train, target_mean, target_sd, offset)
-            mlflow.log_metric("val_bias_correction_months", offset)
-            print(f"bias correction from the validation split: {offset:+.2f} months", file=sys.stderr)
-        _atomic_save(model.predict, out_dir / MODEL_FILE)
-        shutil.copyfile(history_path, out_dir / HISTORY_FILE)
-        (out_dir / TARGET_FILE).write_text(json.dumps({"mean_months": target_mean, "sd_months": target_sd,
-                                                       "offset_months": offset}) + "\n")
+        model = _calibrate_and_save(params, data, model, data_dir, out_dir)
+        shutil.copyfile(ckpt_dir / HISTORY_FILE, out_dir / HISTORY_FILE)
         model_uri = _log_training_artifacts(model, out_dir, size)
-        tracking.write_run_file(out_dir, run_id, experiment_id, tracking.tracking_uri(params), model_uri)
-        state = json.loads((ckpt_dir / "state.json").read_text())
-        state["completed"] = True
-        (ckpt_dir / "state.json").write_text(json.dumps(state))
-    return TrainResult(out_dir / MODEL_FILE, run_id, len(history), best_val, start_epoch)
+        tracking.write_run_file(out_dir, run.info.run_id, experiment_id, tracking.tracking_uri(params), model_uri)
+        state_path = ckpt_dir / CHECKPOINT_STATE_FILE
+        write_json_atomic(state_path, {**json.loads(state_path.read_text()), "completed": True})
+    return TrainResult(out_dir / MODEL_FILE, run.info.run_id, len(history), best_val, start_epoch)
 
 
 def _validation_residuals(model: BoneAgeModel, data_dir: Path, manifest: pd.DataFrame, size: int, batch_size: int) -> np.ndarray:
     """true - predicted months on the validation split (empty without one)."""
-    from boneage.evaluate import predict_split
-
     val = manifest[manifest["split"] == "val"]
     if val.empty:
         return np.array([])
@@ -311,13 +419,14 @@ def _log_training_artifacts(model: BoneAgeModel, out_dir: Path, size: int) -> st
     ax.set_title("Training curve")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out_dir / "training_curve.png", dpi=100)
+    fig.savefig(out_dir / TRAINING_CURVE_FILE, dpi=100)
     plt.close(fig)
-    mlflow.log_artifact(str(out_dir / "training_curve.png"), "plots")
+    mlflow.log_artifact(str(out_dir / TRAINING_CURVE_FILE), "plots")
     mlflow.log_artifact(str(out_dir / HISTORY_FILE), "training")
     signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype("uint8"), (-1, size, size, 1), "image"),
-                       TensorSpec(np.dtype("float32"), (-1, 1), "male")]),
+        inputs=Schema(
+            [TensorSpec(np.dtype("uint8"), (-1, size, size, 1), "image"), TensorSpec(np.dtype("float32"), (-1, 1), "male")]
+        ),
         outputs=Schema([TensorSpec(np.dtype("float32"), (-1, 1), "boneage")]),
     )
     # Known trap: input_example crashes mlflow.keras.log_model in 3.17; the signature says it all.
@@ -331,6 +440,9 @@ def _log_training_artifacts(model: BoneAgeModel, out_dir: Path, size: int) -> st
     from boneage.scoring import SIGNATURE
 
     return mlflow.pyfunc.log_model(
-        name="model", python_model=find_spec("boneage.serving").origin, signature=SIGNATURE,
+        name="model",
+        python_model=find_spec("boneage.serving").origin,
+        signature=SIGNATURE,
         artifacts={"keras_model": str(out_dir / MODEL_FILE), "predictor_config": str(out_dir / PREDICTOR_FILE)},
-        pip_requirements=[*requirements, f"boneage=={boneage_version()}"]).model_uri
+        pip_requirements=[*requirements, f"boneage=={boneage_version()}"],
+    ).model_uri

@@ -110,8 +110,9 @@ def test_every_key_the_code_reads_is_in_params_yaml_or_the_preset():
 
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     visible = _leaves(raw) | _leaves(yaml.safe_load((PRESETS_DIR / f"{raw['preset']}.yaml").read_text()))
-    hidden = {k for k in _model_leaves(Params)
-              if not any(k == v or k.startswith(v + ".") or v.startswith(k + ".") for v in visible)}
+    hidden = {
+        k for k in _model_leaves(Params) if not any(k == v or k.startswith(v + ".") or v.startswith(k + ".") for v in visible)
+    }
     assert hidden == set(), f"keys only the code sets: {sorted(hidden)}"
 
 
@@ -155,7 +156,7 @@ def test_committed_data_dvc_points_at_nothing_a_fresh_clone_cannot_fetch():
 def test_a_synthetic_dataset_is_recognised_wherever_it_lies(tmp_path):
     """The registered name follows the data: a moved synthetic set (it carries its truth file) still
     registers as synthetic; a real folder registers under the name for real films."""
-    from boneage.config import SYNTHETIC_TRUTH_FILE
+    from boneage.contracts import SYNTHETIC_TRUTH_FILE
 
     (tmp_path / "moved").mkdir()
     (tmp_path / "moved" / SYNTHETIC_TRUTH_FILE).write_text("id,boneage,male,true_boneage\n")

@@ -1,5 +1,6 @@
-"""The README is the user's manual: its benchmark table is the one `make bench` last wrote, and its
-real-data figures are the ones `make bench-real` last wrote."""
+"""The README is the user's manual: its benchmark table is the one `make bench` last wrote, its
+real-data figures the ones `make bench-real` last wrote, and its demo figures the ones
+`benchmarks/bench_demo.py` last wrote."""
 
 from __future__ import annotations
 
@@ -31,6 +32,17 @@ def test_readme_shows_the_real_data_figures_that_make_bench_real_wrote():
     from benchmarks.real_report import END, START, block
 
     data = json.loads(RESULTS.read_text()).get("real_data", {})
+    text = README.read_text()
+    shown = re.search(re.escape(START) + "(.*?)" + re.escape(END), text, re.S).group(1).strip()
+    assert shown == block(data).strip()
+
+
+def test_readme_shows_the_demo_figures_that_bench_demo_wrote():
+    import re
+
+    from benchmarks.bench_demo import END, START, block
+
+    data = json.loads(RESULTS.read_text()).get("demo", {})
     text = README.read_text()
     shown = re.search(re.escape(START) + "(.*?)" + re.escape(END), text, re.S).group(1).strip()
     assert shown == block(data).strip()

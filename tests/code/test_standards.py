@@ -7,8 +7,9 @@ import csv
 
 import pytest
 
+from boneage.contracts import parse_optional_age, parse_sex
 from boneage.errors import BadInputError
-from boneage.predict import parse_age, parse_sex, years_and_months
+from boneage.predict import years_and_months
 from boneage.standards import assess, table
 from tests.conftest import SHARED_DATA, require
 
@@ -38,8 +39,9 @@ def test_advanced_and_the_threshold():
     assert assess(175.0, 150.0, male=True).call == "advanced"
 
 
-@pytest.mark.parametrize(("male", "ca", "mean"), [(True, 3.0, 3.01), (True, 204.0, 206.21), (False, 3.0, 3.02),
-                                                  (False, 192.0, 189.44)])
+@pytest.mark.parametrize(
+    ("male", "ca", "mean"), [(True, 3.0, 3.01), (True, 204.0, 206.21), (False, 3.0, 3.02), (False, 192.0, 189.44)]
+)
 def test_edges_of_the_table_are_exact(male, ca, mean):
     assert assess(mean, ca, male).sds == pytest.approx(0.0)
 
@@ -64,12 +66,12 @@ def test_packaged_table_is_the_shared_one():
 @pytest.mark.parametrize("value", [-1, 241, float("inf"), "abc", "-3"])
 def test_absurd_chronological_ages_are_refused(value):
     with pytest.raises(BadInputError):
-        parse_age(value)
+        parse_optional_age(value, "chronological age")
 
 
 def test_a_missing_chronological_age_is_none():
     # A REST request's optional column arrives as NaN where a row leaves it out.
-    assert parse_age(None) is None and parse_age(float("nan")) is None and parse_age("") is None
+    assert all(parse_optional_age(blank, "chronological age") is None for blank in (None, float("nan"), "", "  "))
 
 
 @pytest.mark.parametrize(("value", "male"), [("M", True), ("f", False), ("Male", True), ("FEMALE", False)])

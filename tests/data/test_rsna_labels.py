@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from boneage.config import Params
-from boneage.ingest import AGE_HEADERS, ID_HEADERS, SEX_HEADERS, age_band, assign_split, parse_age, parse_sex
+from boneage.contracts import age_band, parse_age, parse_sex
+from boneage.ingest import AGE_HEADERS, ID_HEADERS, SEX_HEADERS, assign_split
 from tests.conftest import RSNA_LABELS, require
 
 
@@ -27,7 +28,7 @@ def test_training_csv_schema_is_what_ingest_expects(train_labels):
 def test_every_real_label_row_parses(train_labels):
     cfg = Params().data
     for row in train_labels.itertuples():
-        parse_age(str(row.boneage), cfg.min_age_months, cfg.max_age_months)
+        parse_age(str(row.boneage), "bone age", cfg.min_age_months, cfg.max_age_months)
         parse_sex(str(row.male))
 
 

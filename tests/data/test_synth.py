@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from boneage.synth import CARPALS, draw_labels, draw_nuisance, maturity_years, noise_floor_mae, render_with, write_dataset
+from boneage.contracts import noise_floor_mae
+from boneage.synth import CARPALS, draw_labels, draw_nuisance, maturity_years, render_with, write_dataset
 from tests.conftest import RSNA_LABELS, require
 
 

@@ -10,25 +10,36 @@ from boneage.config import Params
 
 
 def params_for(tmp, use_sex: bool) -> Params:
-    return Params.model_validate({
-        "seed": 1,
-        "data": {"source": str(tmp / "synth"), "split": {"val": 0.25, "test": 0.0}},
-        "preprocess": {"image_size": 75, "workers": 2},
-        "model": {"backbone": "small_cnn", "weights": "none", "use_sex": use_sex, "head_units": [64],
-                  "head_dropout": 0.0},
-        # Cosine decay: a fixed short budget, as in the demo. No bias correction: it is fitted on
-        # the validation split, which is what this test scores.
-        "train": {"batch_size": 32, "epochs": 10, "learning_rate": 2e-3, "lr_schedule": "cosine",
-                  "early_stopping_patience": 50, "bn_recalibration_images": 128, "correct_bias_on_val": False,
-                  "augment": {"enabled": False}},
-        "mlflow": {"tracking_uri": f"sqlite:///{tmp}/mlruns/mlflow.db", "artifact_root": str(tmp / "art"),
-                   "log_system_metrics": False},
-    })
+    return Params.model_validate(
+        {
+            "seed": 1,
+            "data": {"source": str(tmp / "synth"), "split": {"val": 0.25, "test": 0.0}},
+            "preprocess": {"image_size": 75, "workers": 2},
+            "model": {"backbone": "small_cnn", "weights": "none", "use_sex": use_sex, "head_units": [64], "head_dropout": 0.0},
+            # Cosine decay: a fixed short budget, as in the demo. No bias correction: it is fitted on
+            # the validation split, which is what this test scores.
+            "train": {
+                "batch_size": 32,
+                "epochs": 10,
+                "learning_rate": 2e-3,
+                "lr_schedule": "cosine",
+                "early_stopping_patience": 50,
+                "bn_recalibration_images": 128,
+                "correct_bias_on_val": False,
+                "augment": {"enabled": False},
+            },
+            "mlflow": {
+                "tracking_uri": f"sqlite:///{tmp}/mlruns/mlflow.db",
+                "artifact_root": str(tmp / "art"),
+                "log_system_metrics": False,
+            },
+        }
+    )
 
 
 @pytest.mark.slow
 def test_small_cnn_learns_the_synthetic_data_and_sex_helps(tmp_path, monkeypatch):
-    from boneage.evaluate import predict_split
+    from boneage.dataset import predict_split
     from boneage.ingest import ingest
     from boneage.model import load_predict_model
     from boneage.preprocess import preprocess

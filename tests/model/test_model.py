@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -41,12 +45,35 @@ def test_batchnorm_momentum_is_applied():
     assert moms == {0.9}
 
 
-def test_imagenet_offline_is_a_clear_error_not_a_fallback(tmp_path, monkeypatch):
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path))  # no cached weights
-    with pytest.raises(BoneageError) as err:
-        build_backbone(ModelConfig(weights="imagenet"), SIZE)
-    text = str(err.value)
+def test_imagenet_offline_is_a_clear_error_not_a_fallback(tmp_path):
+    # Keras reads KERAS_HOME when it is imported, so the empty cache is set in a fresh process; a
+    # proxy on a closed port makes the download fail on any machine, networked or not.
+    script = (
+        "from boneage.config import ModelConfig\n"
+        "from boneage.errors import BoneageError\n"
+        "from boneage.model import build_backbone\n"
+        "try:\n"
+        f"    build_backbone(ModelConfig(weights='imagenet'), {SIZE})\n"
+        "except BoneageError as exc:\n"
+        "    print(exc)\n"
+        "    raise SystemExit(3)\n"
+    )
+    dead_proxy = "http://127.0.0.1:9"
+    env = {
+        **os.environ,
+        "KERAS_HOME": str(tmp_path / "keras"),
+        "HTTPS_PROXY": dead_proxy,
+        "HTTP_PROXY": dead_proxy,
+        "https_proxy": dead_proxy,
+        "http_proxy": dead_proxy,
+        "NO_PROXY": "",
+        "no_proxy": "",
+    }
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 3, f"no clear error (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    text = proc.stdout
     assert "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5" in text
+    assert str(tmp_path / "keras" / "models") in text, "the error must point at the cache Keras really reads"
     assert "model.weights: none" in text
 
 
@@ -67,8 +94,9 @@ def test_weights_from_a_path_are_really_loaded(tmp_path):
 @pytest.mark.parametrize("backbone", ["resnet50", "efficientnet_b0"])
 def test_other_backbones_build(backbone):
     m = build_model(ModelConfig(backbone=backbone, weights="none"), 64, 100.0, 30.0)
-    assert m.predict.predict_on_batch({"image": np.zeros((2, 64, 64, 1), np.uint8),
-                                       "male": np.ones((2, 1), np.float32)}).shape == (2, 1)
+    assert m.predict.predict_on_batch(
+        {"image": np.zeros((2, 64, 64, 1), np.uint8), "male": np.ones((2, 1), np.float32)}
+    ).shape == (2, 1)
 
 
 def test_seed_preset_is_the_seed_recipe():
@@ -111,8 +139,10 @@ def test_a_model_carrying_code_is_refused_by_safe_mode(tmp_path):
 def test_precise_batchnorm_pools_every_batch_like_one_large_batch():
     inputs = keras.Input((2,))
     model = keras.Model(inputs, keras.layers.BatchNormalization(momentum=0.9)(inputs))
-    batches = [np.random.default_rng(int(level)).normal(level, 1.0 + level / 10, (4, 2)).astype(np.float32)
-               for level in (0.0, 10.0, 50.0)]
+    batches = [
+        np.random.default_rng(int(level)).normal(level, 1.0 + level / 10, (4, 2)).astype(np.float32)
+        for level in (0.0, 10.0, 50.0)
+    ]
     recalibrate_batchnorm(model, iter(batches))
     bn = model.layers[-1]
     everything = np.concatenate(batches)

@@ -18,7 +18,6 @@ import yaml
 
 from boneage.config import Params
 
-
 # Training numerics differ across CPUs of the same kind (oneDNN kernels on AMD EPYC vs Intel Xeon
 # with AMX), and this tiny deterministic run lands far apart: MAE / predict-the-mean was 0.27 with
 # seed 1 on an AMD EPYC and 0.56 with seed 3 on an Intel Xeon (where a 0.5 limit failed CI). The
@@ -31,16 +30,28 @@ RESUME_TOLERANCE = 0.25
 
 
 def tiny_params(tmp: Path, **train) -> Params:
-    return Params.model_validate({
-        "seed": 3,
-        "data": {"source": str(tmp / "synth")},
-        "preprocess": {"image_size": 75, "workers": 1},
-        "model": {"weights": "none", "head_units": [64], "head_dropout": 0.0},
-        "train": {"batch_size": 16, "epochs": 8, "learning_rate": 2e-3, "lr_schedule": "cosine",
-                  "early_stopping_patience": 50, "augment": {"enabled": False}, **train},
-        "mlflow": {"tracking_uri": f"sqlite:///{tmp}/mlruns/mlflow.db", "artifact_root": str(tmp / "mlruns" / "art"),
-                   "log_system_metrics": False},
-    })
+    return Params.model_validate(
+        {
+            "seed": 3,
+            "data": {"source": str(tmp / "synth")},
+            "preprocess": {"image_size": 75, "workers": 1},
+            "model": {"weights": "none", "head_units": [64], "head_dropout": 0.0},
+            "train": {
+                "batch_size": 16,
+                "epochs": 8,
+                "learning_rate": 2e-3,
+                "lr_schedule": "cosine",
+                "early_stopping_patience": 50,
+                "augment": {"enabled": False},
+                **train,
+            },
+            "mlflow": {
+                "tracking_uri": f"sqlite:///{tmp}/mlruns/mlflow.db",
+                "artifact_root": str(tmp / "mlruns" / "art"),
+                "log_system_metrics": False,
+            },
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +70,7 @@ def tiny_data(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_mae_falls_well_below_predict_the_mean(tiny_data, tmp_path, monkeypatch):
-    from boneage.evaluate import predict_split
+    from boneage.dataset import predict_split
     from boneage.model import load_predict_model
     from boneage.train import train
 
@@ -82,11 +93,7 @@ def test_kill_9_mid_training_resumes_from_the_last_checkpoint(tiny_data, tmp_pat
     # Resuming is the same for any backbone; a small CNN with long epochs (many repeats of the
     # tiny split) leaves time to kill it mid-run without paying for InceptionV3's checkpoints.
     raw = tiny_params(tiny_data, epochs=4, steps_per_epoch=30).model_dump(mode="json")
-    raw["model"]["backbone"] = "small_cnn"
-    params_path = tmp_path / "params.yaml"
-    params_path.write_text(yaml.safe_dump(raw))
-    cmd = [sys.executable, "-m", "boneage", "train", "--data", str(tiny_data / "pre"), "--out", str(tmp_path / "models"),
-           "--params", str(params_path)]
+    cmd = _train_command(raw, tiny_data, tmp_path)
     state = tmp_path / "models" / "checkpoint" / "state.json"
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 300
@@ -111,8 +118,13 @@ def test_kill_9_mid_training_resumes_from_the_last_checkpoint(tiny_data, tmp_pat
 
     # The same recipe without the interruption ends close by (the data order after the resume
     # differs, so not bit-identical).
-    straight = subprocess.run([*cmd[:-4], "--out", str(tmp_path / "straight"), "--params", str(params_path)],
-                              cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    straight = subprocess.run(
+        [*cmd[:-4], "--out", str(tmp_path / "straight"), "--params", str(tmp_path / "params.yaml")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert straight.returncode == 0, straight.stderr[-2000:]
     reference = pd.read_csv(tmp_path / "straight" / "history.csv")["val_mae_months"].iloc[-1]
     assert history["val_mae_months"].iloc[-1] == pytest.approx(reference, rel=RESUME_TOLERANCE)
@@ -121,11 +133,7 @@ def test_kill_9_mid_training_resumes_from_the_last_checkpoint(tiny_data, tmp_pat
 @pytest.mark.slow
 def test_a_corrupt_checkpoint_is_reported_and_never_used(tiny_data, tmp_path):
     raw = tiny_params(tiny_data, epochs=2).model_dump(mode="json")
-    raw["model"]["backbone"] = "small_cnn"
-    params_path = tmp_path / "params.yaml"
-    params_path.write_text(yaml.safe_dump(raw))
-    cmd = [sys.executable, "-m", "boneage", "train", "--data", str(tiny_data / "pre"), "--out", str(tmp_path / "models"),
-           "--params", str(params_path)]
+    cmd = _train_command(raw, tiny_data, tmp_path)
     first = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-2000:]
     ckpt = tmp_path / "models" / "checkpoint"
@@ -177,3 +185,22 @@ def test_registry_gates_the_champion(tmp_path, monkeypatch):
     assert champion.tags["run_id"] and champion.tags["test_mae"] == "15.0000"
     assert int(client.get_model_version_by_alias("boneage", "challenger").version) == decisions[1]["version"]
     assert np.isclose(json.loads((run_dir / "registry.json").read_text())["test_mae"], 15.0)
+
+
+def _train_command(raw: dict, tiny_data, tmp_path) -> list[str]:
+    """`boneage train` in a fresh process, on the small CNN, with these params written to a file."""
+    raw["model"]["backbone"] = "small_cnn"
+    params_path = tmp_path / "params.yaml"
+    params_path.write_text(yaml.safe_dump(raw))
+    return [
+        sys.executable,
+        "-m",
+        "boneage",
+        "train",
+        "--data",
+        str(tiny_data / "pre"),
+        "--out",
+        str(tmp_path / "models"),
+        "--params",
+        str(params_path),
+    ]

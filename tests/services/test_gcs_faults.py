@@ -4,6 +4,7 @@ only the files it did not have verified."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -56,7 +57,5 @@ def test_an_outage_mid_ingest_fails_clearly_and_a_restart_resumes(tmp_path, monk
         result = ingest(params, out, source=uri)
         assert len(result.manifest) == len(rows)
     finally:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
