@@ -228,6 +228,10 @@ def store(part: str, value) -> None:
     record(
         RESULT_KEY, {**data, "runs": runs or [data.get("crop", {})], "title": "real RSNA films (100 px), CPU", **_summary(data)}
     )
+    # The README's block follows every stored result, so the two never disagree between parts.
+    from benchmarks.real_report import write_readme_block
+
+    write_readme_block(load_results().get(RESULT_KEY, {}))
 
 
 PARTS = ("crop", "recipe", "variants")
