@@ -160,6 +160,13 @@ def test_kfp_local_run_matches_dvc_repro(project, stack, stack_env, tmp_path):
     assert "val_mae_months" in logged.metrics and "test_mae" in logged.metrics
     assert logged.tags["registry.alias"] == decision["alias"]
     assert "# Evaluate" in artifact("evaluate", "summary").read_text()
+    # Provenance travels through the KFP artifacts too: the version and the run say what trained it.
+    client = mlflow.MlflowClient(tracking_uri=stack.mlflow_uri)
+    version = client.get_model_version("boneage-synthetic", str(decision["version"]))
+    assert version.tags["provenance.dataset_kind"] == "synthetic"
+    assert version.tags["provenance.dataset_fingerprint"] == logged.tags["provenance.dataset_fingerprint"]
+    description = logged.tags["mlflow.note.content"]
+    assert description.startswith("Trained on synthetic data") and f"test MAE {kfp_metrics['test']['mae']:.2f}" in description
 
     # Both runs (DVC's and KFP's) live in PostgreSQL, their files in the bucket.
     dvc_run_id = json.loads((work / "models" / "run.json").read_text())["run_id"]

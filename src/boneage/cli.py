@@ -149,6 +149,8 @@ def _prediction_line(r) -> str:
         a = r.assessment
         sds = f", SDS {a['sds']:+.2f}" if a["sds"] is not None else ""
         line += f"; CA {a['chronological_age_months']:.1f}, BA-CA {a['difference_months']:+.1f}{sds}: {a['call']}"
+    if r.warning:
+        line = f"{line}\n  WARNING: {r.warning}"
     return line
 
 

@@ -43,6 +43,21 @@ def grad_cam(predictor: Predictor, image: np.ndarray, male: bool) -> np.ndarray:
     return cam / cam.max() if cam.max() > 0 else cam
 
 
+# A heatmap whose spread is below this share of its peak shows no region more than another.
+CAM_MIN_CONTRAST = 0.05
+
+
+def cam_degenerate(cam: np.ndarray) -> str | None:
+    """Why a Grad-CAM heatmap says nothing (empty, non-finite or flat), or None when it shows something."""
+    if cam.size == 0 or not np.isfinite(cam).all():
+        return "the gradients are not finite"
+    if cam.max() <= 0:
+        return "the model's output does not depend on any region of this image"
+    if float(cam.max() - cam.min()) < CAM_MIN_CONTRAST * float(cam.max()):
+        return "the heatmap is flat: no region moved the estimate more than another"
+    return None
+
+
 def _growth_chart(ax, prediction: Prediction) -> None:
     male = prediction.sex == "M"
     std = table()[sex_code(male)]
@@ -55,7 +70,8 @@ def _growth_chart(ax, prediction: Prediction) -> None:
         label="mean ± 2 SD",
     )
     ax.plot(std.ages / 12, std.means / 12, color="tab:blue", label=f"Greulich–Pyle mean ({'boys' if male else 'girls'})")
-    if prediction.chronological_age_months is not None:
+    # Only a clinical estimate is placed on the chart (a synthetic-trained model's is not one).
+    if prediction.chronological_age_months is not None and prediction.assessment is not None:
         lo, hi = prediction.interval_months
         ca, ba = prediction.chronological_age_months / 12, prediction.bone_age_months / 12
         ax.errorbar(
@@ -92,6 +108,15 @@ def _numbers(prediction: Prediction) -> list[tuple[str, str]]:
     return rows
 
 
+def _warning_banner(prediction: Prediction) -> str:
+    if not prediction.warning:
+        return ""
+    return (
+        f'<p role="alert" style="background:#b00020;color:#fff;padding:1em;font-weight:bold">'
+        f"WARNING: {html.escape(prediction.warning)}</p>\n"
+    )
+
+
 def write_report(predictor: Predictor, prediction: Prediction, out_dir: Path) -> Path:
     """Write ``<name>.png`` and ``<name>.html`` for one scored image; returns the HTML path."""
     import matplotlib
@@ -103,12 +128,16 @@ def write_report(predictor: Predictor, prediction: Prediction, out_dir: Path) ->
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(prediction.source).stem) or "image"
     image = prediction.prepared
     cam = grad_cam(predictor, image, prediction.sex == "M")
+    cam_note = cam_degenerate(cam)
     fig, axes = plt.subplots(1, 3, figsize=(15, 5))
     axes[0].imshow(image, cmap="gray")
     axes[0].set_title("crop given to the model")
     axes[1].imshow(image, cmap="gray")
-    axes[1].imshow(cam, cmap="jet", alpha=0.4)
-    axes[1].set_title("Grad-CAM: what moved the estimate")
+    if cam_note:
+        axes[1].set_title(f"Grad-CAM: nothing to show\n({cam_note})", fontsize=10)
+    else:
+        axes[1].imshow(cam, cmap="jet", alpha=0.4)
+        axes[1].set_title("Grad-CAM: what moved the estimate")
     for ax in axes[:2]:
         ax.axis("off")
     _growth_chart(axes[2], prediction)
@@ -124,8 +153,9 @@ def write_report(predictor: Predictor, prediction: Prediction, out_dir: Path) ->
 <html lang="en"><head><meta charset="utf-8"><title>Bone age: {html.escape(name)}</title>
 <style>body{{font-family:sans-serif;margin:2em}} th{{text-align:left;padding-right:1em}}</style></head>
 <body><h1>Bone age: {html.escape(name)}</h1>
-<p>Source: {html.escape(prediction.source)}</p>
+{_warning_banner(prediction)}<p>Source: {html.escape(prediction.source)}</p>
 <table>{rows}</table>
+{f"<p><em>Grad-CAM: nothing to show ({html.escape(cam_note)}).</em></p>" if cam_note else ""}
 <img alt="crop, Grad-CAM and growth chart" src="data:image/png;base64,{encoded}" style="max-width:100%">
 <p><small>A research tool, not a diagnosis. SDS against the Greulich–Pyle standards (Brush data).</small></p>
 </body></html>

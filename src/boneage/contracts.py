@@ -21,6 +21,9 @@ from boneage.errors import BadInputError, BoneageError
 # ingest and preprocess
 MANIFEST_FILE = "manifest.csv"
 QUARANTINE_FILE = "quarantine.csv"
+# What the data is (kind, fingerprint, films): written by ingest, carried by preprocess, read by
+# train into the model's provenance
+DATASET_CARD_FILE = "dataset.json"
 CONTACT_SHEET_FILE = "contact_sheet.png"
 # train
 MODEL_FILE = "model.keras"
@@ -140,6 +143,34 @@ def read_manifest(path: Path, required: list[str] = LABEL_COLUMNS) -> pd.DataFra
         raise BoneageError(f"{path}: manifest lacks columns {missing}")
     df["male"] = df["male"].map(parse_sex)
     return df
+
+
+# --- The dataset card ------------------------------------------------------------------------
+DATASET_KINDS = ("synthetic", "real")
+
+
+def dataset_card(kind: str, source: str, manifest: pd.DataFrame, file_sizes: list[int]) -> dict:
+    """What a dataset is, in a few fields that travel with it to the model: synthetic or real, a
+    fingerprint of its labels, splits and image files (ids, labels, split and byte sizes), and
+    its films per split."""
+    import hashlib
+
+    assert kind in DATASET_KINDS, kind
+    digest = hashlib.sha256()
+    for row, size in zip(manifest[["id", "boneage", "male", "split"]].itertuples(index=False), file_sizes, strict=True):
+        digest.update(f"{row.id},{row.boneage},{row.male},{row.split},{size}\n".encode())
+    return {
+        "kind": kind,
+        "source": source,
+        "fingerprint": digest.hexdigest()[:16],
+        "films": {split: int((manifest["split"] == split).sum()) for split in SPLITS},
+    }
+
+
+def read_dataset_card(folder: Path) -> dict:
+    """The dataset card beside a stage's manifest ({} for data from before cards existed)."""
+    path = Path(folder) / DATASET_CARD_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 # --- The synthetic dataset ---------------------------------------------------------------------

@@ -12,7 +12,9 @@ from boneage import tracking
 from boneage.config import Params
 from boneage.contracts import (
     ERROR_BY_BAND_FILE,
+    MAX_AGE_MONTHS,
     METRICS_FILE,
+    MIN_AGE_MONTHS,
     MODEL_FILE,
     PREDICTIONS_FILE,
     age_band,
@@ -66,7 +68,7 @@ def _plots(pred: pd.DataFrame, out_dir: Path, bands_order: list[str]) -> list[Pa
     for male, colour in ((True, "tab:blue"), (False, "tab:red")):
         g = test[test["male"] == male]
         ax.scatter(g["boneage"], g["predicted"], s=10, alpha=0.6, c=colour, label="male" if male else "female")
-    lim = [0, max(240, float(test[["boneage", "predicted"]].max().max()) if len(test) else 240)]
+    lim = [MIN_AGE_MONTHS, max([MAX_AGE_MONTHS, *test[["boneage", "predicted"]].to_numpy().ravel()])]
     ax.plot(lim, lim, "k--", lw=1)
     ax.set(xlabel="true bone age (months)", ylabel="predicted (months)", title="Test: predicted vs true", xlim=lim, ylim=lim)
     ax.legend()
@@ -158,4 +160,5 @@ def evaluate(params: Params, data_dir: Path, model_dir: Path, out_dir: Path, log
                 mlflow.log_artifact(str(path), "plots")
             mlflow.log_artifact(str(out_dir / METRICS_FILE), "evaluation")
             mlflow.log_artifact(str(out_dir / PREDICTIONS_FILE), "evaluation")
+            mlflow.set_tag("mlflow.note.content", tracking.describe_run(tracking.read_provenance(model_dir), metrics))
     return metrics

@@ -21,20 +21,25 @@ from tqdm import tqdm
 
 from boneage.config import Params
 from boneage.contracts import (
+    DATASET_CARD_FILE,
     MANIFEST_COLUMNS,
     MANIFEST_FILE,
     QUARANTINE_COLUMNS,
     QUARANTINE_FILE,
     SYNTHETIC_SOURCE,
+    SYNTHETIC_TRUTH_FILE,
     age_band,
     atomic_path,
+    dataset_card,
     parse_age,
     parse_sex,
     write_csv_atomic,
+    write_json_atomic,
 )
 from boneage.errors import BadInputError, BoneageError
 from boneage.imaging import IMAGE_SUFFIXES, check_image_file
 from boneage.sources import materialise
+from boneage.tracking import redact_uri
 
 # Header spellings of the three columns in the RSNA releases (training, validation, test).
 ID_HEADERS = ("id", "image id", "case id")
@@ -129,7 +134,8 @@ def ingest(params: Params, out_dir: Path, source: str | None = None, bundle_imag
     alone (a KFP artifact moves between pods); otherwise the manifest points at the source."""
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = params.data
-    root = materialise(resolve_source(params, source), out_dir / ".cache", cfg.download_workers, cfg.download_retry_seconds)
+    source = resolve_source(params, source)
+    root = materialise(source, out_dir / ".cache", cfg.download_workers, cfg.download_retry_seconds)
     csv_path = _find_label_csv(root)
     header, rows = _read_label_csv(csv_path)
     images = _index_images(root)
@@ -145,7 +151,8 @@ def ingest(params: Params, out_dir: Path, source: str | None = None, bundle_imag
         )
     if bundle_images:
         _bundle(good, out_dir / IMAGES_DIR)
-    return _write(params, good, quarantine, out_dir)
+    kind = "synthetic" if (root / SYNTHETIC_TRUTH_FILE).is_file() else "real"
+    return _write(params, good, quarantine, out_dir, kind, source)
 
 
 def _read_label_csv(csv_path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
@@ -237,9 +244,11 @@ def _check_images(records: list[dict], images: dict[str, Path], cfg, quarantine:
     return good
 
 
-def _write(params: Params, good: list[dict], quarantine: _Quarantine, out_dir: Path) -> IngestResult:
-    """Split and band each good record; write the manifest and the quarantine, paths relative to out_dir."""
+def _write(params: Params, good: list[dict], quarantine: _Quarantine, out_dir: Path, kind: str, source: str) -> IngestResult:
+    """Split and band each good record; write the manifest and the quarantine (paths relative to
+    out_dir) and the dataset card."""
     cfg = params.data
+    sizes = {record["id"]: Path(record["abs_path"]).stat().st_size for record in good}
     for record in good:
         record["path"] = os.path.relpath(record.pop("abs_path"), out_dir)
         record["split"] = assign_split(record["id"], params.seed, cfg.split.val, cfg.split.test)
@@ -253,6 +262,8 @@ def _write(params: Params, good: list[dict], quarantine: _Quarantine, out_dir: P
     manifest_path, quarantine_path = out_dir / MANIFEST_FILE, out_dir / QUARANTINE_FILE
     write_csv_atomic(manifest, manifest_path)
     write_csv_atomic(quarantine_df, quarantine_path)
+    card = dataset_card(kind, redact_uri(source), manifest, [sizes[i] for i in manifest["id"]])
+    write_json_atomic(out_dir / DATASET_CARD_FILE, card)
     return IngestResult(manifest, quarantine_df, manifest_path, quarantine_path)
 
 

@@ -32,6 +32,11 @@ from boneage.standards import assess
 # Images per model call when scoring many files: large enough to amortise the call, small enough
 # that a batch of 299 px images stays well under a GiB of activations.
 DEFAULT_BATCH = 16
+SYNTHETIC_WARNING = (
+    "SYNTHETIC-TRAINED MODEL: trained on drawn films, not radiographs; not a bone age of this child "
+    "(no SDS, no delayed/advanced call)"
+)
+UNKNOWN_PROVENANCE_WARNING = "MODEL OF UNKNOWN PROVENANCE: it records no training data; retrain it before clinical use"
 
 
 def years_and_months(months: float) -> str:
@@ -48,9 +53,24 @@ class PredictorConfig:
     use_sex: bool
     interval_level: float
     interval_halfwidth_months: float
+    # What the model learned from (boneage.train writes it): dataset kind, fingerprint and films,
+    # resolution, recipe. Empty for models trained before provenance was recorded.
+    provenance: dict = field(default_factory=dict)
 
     def preprocess_config(self) -> PreprocessConfig:
         return PreprocessConfig.model_validate(self.preprocess)
+
+    @property
+    def dataset_kind(self) -> str:
+        return self.provenance.get("dataset_kind", "unknown")
+
+    def warning(self) -> str | None:
+        """The marking every output of a non-clinical model carries (None for a real-data model)."""
+        if self.dataset_kind == "real":
+            return None
+        if self.dataset_kind == "synthetic":
+            return SYNTHETIC_WARNING
+        return UNKNOWN_PROVENANCE_WARNING
 
     def write(self, path: Path) -> None:
         write_json_atomic(path, self.__dict__)
@@ -72,6 +92,20 @@ def conformal_halfwidth(residuals: np.ndarray, level: float) -> float:
     return float(scores[rank - 1])
 
 
+def calibrate(residuals: np.ndarray, level: float, correct_bias: bool) -> tuple[float, float]:
+    """(bias offset, conformal half-width) from held-out residuals (true - predicted).
+
+    The interval's scores must come from residuals that fitted nothing: with a bias correction,
+    the residuals are cross-fitted in two halves, each half scored against the median of the
+    other. The offset the model applies is the median of all of them."""
+    residuals = np.asarray(residuals, dtype=float)
+    if not correct_bias:
+        return 0.0, conformal_halfwidth(residuals, level)
+    halves = residuals[0::2], residuals[1::2]
+    scores = np.concatenate([halves[0] - np.median(halves[1]), halves[1] - np.median(halves[0])])
+    return float(np.median(residuals)), conformal_halfwidth(scores, level)
+
+
 @dataclass
 class Prediction:
     source: str
@@ -83,6 +117,7 @@ class Prediction:
     chronological_age_months: float | None = None
     assessment: dict | None = None
     rejected: str | None = None
+    warning: str | None = None
     box: tuple[int, int, int, int] | None = None
     prepared: np.ndarray | None = field(default=None, repr=False)
 
@@ -174,9 +209,12 @@ class Predictor:
         result.bone_age = years_and_months(months)
         result.interval_months = (max(MIN_AGE_MONTHS, months - half), min(MAX_AGE_MONTHS, months + half))
         result.interval_level = self.config.interval_level
+        result.warning = self.config.warning()
         if admitted.chronological_age is not None:
             result.chronological_age_months = admitted.chronological_age
-            result.assessment = assess(months, admitted.chronological_age, admitted.male).as_dict()
+            # A synthetic model's number is no child's bone age: no clinical call from it.
+            if self.config.dataset_kind != "synthetic":
+                result.assessment = assess(months, admitted.chronological_age, admitted.male).as_dict()
         return result
 
     def finish(self, admitted: list[_Admitted], batch_size: int = DEFAULT_BATCH) -> list[Prediction]:
@@ -273,6 +311,7 @@ WORKLIST_OUTPUT_COLUMNS = [
     "interval_level",
     "sds",
     "call",
+    "warning",
     "rejected",
     "csv_line",
 ]
@@ -362,6 +401,7 @@ def worklist_table(rows: list[WorklistRow], results: list[Prediction]):
                 "interval_level": r.interval_level,
                 "sds": a.get("sds"),
                 "call": a.get("call"),
+                "warning": r.warning or "",
                 "rejected": r.rejected or "",
                 "csv_line": row.csv_line,
             }

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from boneage.config import Params, PreprocessConfig
 from boneage.contracts import (
     CONTACT_SHEET_FILE,
+    DATASET_CARD_FILE,
     LABEL_COLUMNS,
     MANIFEST_FILE,
     PREPROCESSED_COLUMNS,
@@ -29,8 +30,10 @@ from boneage.contracts import (
     QUARANTINE_FILE,
     SPLITS,
     atomic_path,
+    read_dataset_card,
     read_manifest,
     write_csv_atomic,
+    write_json_atomic,
 )
 from boneage.errors import BadInputError, BoneageError
 from boneage.handcrop import prepare
@@ -140,6 +143,11 @@ def preprocess(params: Params, manifest_path: Path, out_dir: Path) -> pd.DataFra
     write_csv_atomic(out_manifest, staging / MANIFEST_FILE)
     write_csv_atomic(pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS), staging / QUARANTINE_FILE)
     contact_sheet(sheet, staging / CONTACT_SHEET_FILE)
+    # The dataset card travels on, with what this stage made of the films.
+    card = read_dataset_card(manifest_path.parent)
+    if card:
+        card["preprocessed"] = {"films": len(rows), "image_size": cfg.image_size, "crop": cfg.crop}
+        write_json_atomic(staging / DATASET_CARD_FILE, card)
     shutil.rmtree(out_dir, ignore_errors=True)
     staging.rename(out_dir)
     return out_manifest

@@ -40,7 +40,12 @@ def register(params: Params, model_dir: Path, metrics_path: Path, out_path: Path
         raise BoneageError(f"{metrics_path}: no test MAE; the test split is empty")
     tracking.connect(params)
     client = MlflowClient()
-    name = params.registered_model_name()
+    provenance = tracking.read_provenance(Path(model_dir))
+    # The data card the model carries decides (it went through every stage with the data); a model
+    # without one falls back to what params.yaml says the source is.
+    kind = provenance.get("dataset_kind")
+    names = {"synthetic": params.mlflow.synthetic_registered_model, "real": params.mlflow.registered_model}
+    name = names.get(kind) or params.registered_model_name()
     try:
         client.get_registered_model(name)
     except MlflowException:
@@ -54,6 +59,8 @@ def register(params: Params, model_dir: Path, metrics_path: Path, out_path: Path
             "run_id": run["run_id"],
             "test_mae": f"{test_mae:.4f}",
             **lineage,
+            # What the model learned from, on the version itself (the registry page shows it).
+            **tracking.flatten(provenance, "provenance."),
         },
     )
     # Compare at the precision the champion's MAE is stored with (4 decimals): a rerun of the same

@@ -1,5 +1,6 @@
 """Scoring rows of a REST request (see boneage.serving): base64 image bytes, sex and optionally the
-chronological age in, bone age with its interval and SDS out; a bad row is an HTTP 400."""
+chronological age in, bone age with its interval and SDS out (a model not trained on real films
+marks every row with a warning and gives no SDS); a bad row is an HTTP 400."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ SIGNATURE = ModelSignature(
             ColSpec("double", "interval_level"),
             ColSpec("double", "sds"),
             ColSpec("string", "call"),
+            ColSpec("string", "warning"),
         ]
     ),
 )
@@ -72,6 +74,7 @@ def score_records(predictor, frame: pd.DataFrame) -> pd.DataFrame:
                 "interval_level": result.interval_level,
                 "sds": assessment.get("sds"),
                 "call": assessment.get("call"),
+                "warning": result.warning,
             }
         )
     return pd.DataFrame(rows)

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from boneage.contracts import SYNTHETIC_TRUTH_FILE, atomic_path, write_csv_atomic
+from boneage.contracts import MAX_AGE_MONTHS, MIN_AGE_MONTHS, SYNTHETIC_TRUTH_FILE, atomic_path, write_csv_atomic
 from boneage.errors import BoneageError
 
 CSV_NAME = "boneage-training-dataset.csv"
@@ -377,7 +377,7 @@ def draw_labels(count: int, seed: int, label_noise_sd: float) -> list[tuple[str,
     for i, (pick, err) in enumerate(zip(picks, noise, strict=True)):
         label = int(ages[pick])
         # The film shows the true age; the label is one rater's reading of it.
-        true_age = float(np.clip(label + err, 0.0, 240.0))
+        true_age = float(np.clip(label + err, MIN_AGE_MONTHS, MAX_AGE_MONTHS))
         labels.append((str(100_000 + i), label, bool(males[pick]), true_age))
     return labels
 

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from boneage.config import Params
-from boneage.contracts import MANIFEST_FILE, RUN_FILE, write_json_atomic
+from boneage.contracts import MANIFEST_FILE, PREDICTOR_FILE, RUN_FILE, write_json_atomic
 from boneage.errors import BoneageError
 
 # Never logged as params or tags, whatever a config or environment holds.
@@ -186,3 +186,26 @@ def read_run_file(model_dir: Path) -> dict:
     if not path.is_file():
         raise BoneageError(f"{path}: no MLflow run recorded (run `boneage train` first)")
     return json.loads(path.read_text())
+
+
+def read_provenance(model_dir: Path) -> dict:
+    """The provenance train wrote into the model's predictor.json ({} for older models)."""
+    path = Path(model_dir) / PREDICTOR_FILE
+    return json.loads(path.read_text()).get("provenance", {}) if path.is_file() else {}
+
+
+def describe_run(provenance: dict, metrics: dict) -> str:
+    """One paragraph for the run's description in the MLflow UI: its data, recipe and test MAE."""
+    films = provenance.get("films", {})
+    test = metrics.get("test", {})
+    baseline = metrics.get("baseline", {}).get("predict_the_mean_mae")
+    mae = f"test MAE {test['mae']:.2f} months on {test['n']} films" if test.get("mae") is not None else "no test MAE"
+    if baseline:
+        mae += f" ({100 * test['mae'] / baseline:.0f}% of predict-the-mean, {baseline:.2f})"
+    return (
+        f"Trained on {provenance.get('dataset_kind', 'unknown')} data "
+        f"({films.get('train', '?')} training, {films.get('val', '?')} validation and {films.get('test', '?')} test films; "
+        f"fingerprint {provenance.get('dataset_fingerprint', 'unknown')}, from {provenance.get('dataset_source', 'unknown')}) "
+        f"with the {provenance.get('preset', '?')} recipe: {provenance.get('backbone', '?')} at "
+        f"{provenance.get('image_size', '?')} px, {provenance.get('crop', '?')} crop. {mae}."
+    )

@@ -29,13 +29,14 @@ from boneage.contracts import (
     RUN_FILE,
     TARGET_FILE,
     atomic_path,
+    read_dataset_card,
     read_manifest,
     write_json_atomic,
 )
 from boneage.dataset import make_dataset, predict_split
 from boneage.errors import BoneageError
 from boneage.model import BoneAgeModel, MonthsMAE, build_model, from_train_model, make_loss, recalibrate_batchnorm
-from boneage.predict import PredictorConfig, conformal_halfwidth
+from boneage.predict import PredictorConfig, calibrate
 
 CHECKPOINT_MODEL_FILE = "train.keras"
 TRAINING_CURVE_FILE = "training_curve.png"
@@ -256,6 +257,31 @@ def _log_run_start(params: Params, data: _Data, data_dir: Path, model: BoneAgeMo
         }
     )
     mlflow.set_tags({"git.commit": tracking.git_commit(), **tracking.data_lineage(data_dir), "boneage.preset": params.preset})
+    # The manifests as MLflow datasets: the run page's Datasets panel names what trained and judged it.
+    for split, context in (("train", "training"), ("val", "validation"), ("test", "test")):
+        rows = manifest[manifest["split"] == split]
+        if len(rows):
+            dataset = mlflow.data.from_pandas(rows, source=str(Path(data_dir).resolve() / MANIFEST_FILE), name=f"{split} films")
+            mlflow.log_input(dataset, context=context)
+
+
+def model_provenance(params: Params, data_dir: Path, recipe_fingerprint: str) -> dict:
+    """What the model learned from: the dataset card's kind, fingerprint, source and films, and the
+    resolution and recipe. "unknown" where the data carries no card (preprocessed before cards)."""
+    card = read_dataset_card(data_dir)
+    return {
+        "dataset_kind": card.get("kind", "unknown"),
+        "dataset_fingerprint": card.get("fingerprint", "unknown"),
+        "dataset_source": card.get("source", "unknown"),
+        "films": card.get("films", {}),
+        "image_size": params.preprocess.image_size,
+        "crop": params.preprocess.crop,
+        "backbone": params.model.backbone,
+        "preset": params.preset,
+        "recipe_fingerprint": recipe_fingerprint,
+        "boneage_version": boneage_version(),
+        "git_commit": tracking.git_commit(),
+    }
 
 
 def _phases(params: Params) -> list[tuple[str, int, int, bool, float]]:
@@ -321,7 +347,9 @@ def _fit(params: Params, data: _Data, model: BoneAgeModel, ckpt_dir: Path, finge
             return
 
 
-def _calibrate_and_save(params: Params, data: _Data, model: BoneAgeModel, data_dir: Path, out_dir: Path) -> BoneAgeModel:
+def _calibrate_and_save(
+    params: Params, data: _Data, model: BoneAgeModel, data_dir: Path, out_dir: Path, provenance: dict
+) -> BoneAgeModel:
     """Fit the bias correction and the conformal interval on the validation residuals, then write
     the model that reports months and its predictor.json."""
     import mlflow
@@ -329,8 +357,7 @@ def _calibrate_and_save(params: Params, data: _Data, model: BoneAgeModel, data_d
     tcfg = params.train
     residuals = _validation_residuals(model, data_dir, data.manifest, params.preprocess.image_size, tcfg.batch_size)
     correct = tcfg.correct_bias_on_val and len(residuals) >= tcfg.bias_correction_min_images
-    offset = float(np.median(residuals)) if correct else 0.0
-    halfwidth = conformal_halfwidth(residuals - offset, tcfg.interval_level)
+    offset, halfwidth = calibrate(residuals, tcfg.interval_level, correct)
     mlflow.log_metric("interval_halfwidth_months", halfwidth)
     PredictorConfig(
         preprocess=params.preprocess.model_dump(mode="json"),
@@ -338,6 +365,7 @@ def _calibrate_and_save(params: Params, data: _Data, model: BoneAgeModel, data_d
         use_sex=params.model.use_sex,
         interval_level=tcfg.interval_level,
         interval_halfwidth_months=halfwidth,
+        provenance=provenance,
     ).write(out_dir / PREDICTOR_FILE)
     if offset:
         model = from_train_model(model.train, data.target_mean, data.target_sd, offset)
@@ -377,9 +405,11 @@ def train(params: Params, data_dir: Path, out_dir: Path) -> TrainResult:
         _fit(params, data, model, ckpt_dir, fingerprint, resumed_state)
         history = pd.read_csv(ckpt_dir / HISTORY_FILE) if (ckpt_dir / HISTORY_FILE).exists() else pd.DataFrame()
         best_val = float(history["val_mae_months"].min()) if "val_mae_months" in history else float("nan")
-        model = _calibrate_and_save(params, data, model, data_dir, out_dir)
+        provenance = model_provenance(params, data_dir, fingerprint)
+        mlflow.set_tags(tracking.flatten(provenance, "provenance."))
+        model = _calibrate_and_save(params, data, model, data_dir, out_dir, provenance)
         shutil.copyfile(ckpt_dir / HISTORY_FILE, out_dir / HISTORY_FILE)
-        model_uri = _log_training_artifacts(model, out_dir, size)
+        model_uri = _log_training_artifacts(model, out_dir, size, provenance)
         tracking.write_run_file(out_dir, run.info.run_id, experiment_id, tracking.tracking_uri(params), model_uri)
         state_path = ckpt_dir / CHECKPOINT_STATE_FILE
         write_json_atomic(state_path, {**json.loads(state_path.read_text()), "completed": True})
@@ -401,7 +431,7 @@ def boneage_version() -> str:
     return version("boneage")
 
 
-def _log_training_artifacts(model: BoneAgeModel, out_dir: Path, size: int) -> str:
+def _log_training_artifacts(model: BoneAgeModel, out_dir: Path, size: int, provenance: dict) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -445,4 +475,5 @@ def _log_training_artifacts(model: BoneAgeModel, out_dir: Path, size: int) -> st
         signature=SIGNATURE,
         artifacts={"keras_model": str(out_dir / MODEL_FILE), "predictor_config": str(out_dir / PREDICTOR_FILE)},
         pip_requirements=[*requirements, f"boneage=={boneage_version()}"],
+        metadata={"boneage_provenance": provenance},  # travels with the model to serving and the cluster
     ).model_uri

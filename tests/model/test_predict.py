@@ -7,6 +7,8 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +26,7 @@ from typer.testing import CliRunner
 
 from boneage.cli import app
 from boneage.config import Params
+from boneage.contracts import PREDICTOR_FILE
 from boneage.imaging import read_radiograph
 from boneage.predict import Predictor, conformal_halfwidth, predict_files
 from boneage.services import free_port
@@ -82,6 +85,19 @@ def trained(tmp_path_factory) -> SimpleNamespace:
         manifest=manifest,
         predictor=Predictor.load(str(tmp / "models")),
     )
+
+
+@pytest.fixture(scope="module")
+def clinical(trained, tmp_path_factory) -> Path:
+    """The trained model with its provenance relabelled as real: a stand-in for a model trained on
+    real films (too slow to train here), whose outputs carry the SDS and the clinical call."""
+    folder = tmp_path_factory.mktemp("clinical") / "models"
+    shutil.copytree(trained.models, folder, ignore=shutil.ignore_patterns("checkpoint"))
+    config = json.loads((folder / PREDICTOR_FILE).read_text())
+    assert config["provenance"]["dataset_kind"] == "synthetic"
+    config["provenance"]["dataset_kind"] = "real"
+    (folder / PREDICTOR_FILE).write_text(json.dumps(config))
+    return folder
 
 
 def _residuals(trained, split: str) -> np.ndarray:
@@ -171,7 +187,7 @@ def _synthetic(trained, n: int) -> list[Path]:
     return [trained.tmp / "synth" / "boneage-training-dataset" / f"{i}.png" for i in ids]
 
 
-def test_cli_predict_json_with_sds_and_report(trained, tmp_path):
+def test_cli_predict_json_with_sds_and_report(trained, clinical, tmp_path):
     images = _synthetic(trained, 2)
     result = CliRunner().invoke(
         app,
@@ -183,7 +199,7 @@ def test_cli_predict_json_with_sds_and_report(trained, tmp_path):
             "--chronological-age",
             "120",
             "--model",
-            str(trained.models),
+            str(clinical),
             "--json",
             "--report",
             str(tmp_path / "rep"),
@@ -196,9 +212,10 @@ def test_cli_predict_json_with_sds_and_report(trained, tmp_path):
         low, high = row["interval_months"]
         assert low <= row["bone_age_months"] <= high and row["interval_level"] == 0.9
         assert row["assessment"]["chronological_age_months"] == 120
-        assert row["assessment"]["call"] in ("delayed", "normal", "advanced")
+        assert row["assessment"]["call"] in ("delayed", "normal", "advanced") and row["warning"] is None
         page = tmp_path / "rep" / f"{Path(row['source']).stem}.html"
         assert "SDS (Greulich" in page.read_text() and "data:image/png;base64," in page.read_text()
+        assert "WARNING" not in page.read_text()
         assert (tmp_path / "rep" / f"{Path(row['source']).stem}.png").stat().st_size > 10_000
 
 
@@ -225,11 +242,11 @@ def test_cli_predict_refuses_bad_options(trained, args, message):
     assert result.exit_code == 1 and message in result.output
 
 
-def test_dicom_header_supplies_sex_and_age(trained, tmp_path):
+def test_dicom_header_supplies_sex_and_age(trained, clinical, tmp_path):
     png = read_radiograph(_synthetic(trained, 1)[0], 10**8).pixels
     dcm = dicom_file(tmp_path / "hand.dcm", png.astype(np.uint16) * 257, "MONOCHROME2")  # F, 010Y
     empty = dicom_file(tmp_path / "empty.dcm", png.astype(np.uint16), "MONOCHROME2", with_pixels=False)
-    result = CliRunner().invoke(app, ["predict", str(dcm), str(empty), "--model", str(trained.models), "--json"])
+    result = CliRunner().invoke(app, ["predict", str(dcm), str(empty), "--model", str(clinical), "--json"])
     rows = {Path(r["source"]).name: r for r in json.loads(result.stdout[result.stdout.index("[") :])}
     assert rows["hand.dcm"]["sex"] == "F" and rows["hand.dcm"]["assessment"]["chronological_age_months"] == 120
     assert "pixel" in rows["empty.dcm"]["rejected"].lower()
@@ -280,7 +297,8 @@ def test_rest_round_trip_through_the_readme_serving_command(trained, tmp_path):
         local = trained.predictor.score(read_radiograph(png, 10**8), "local", "F", 120.0)
         assert row["bone_age_months"] == pytest.approx(local.bone_age_months, abs=0.01)
         assert row["interval_low_months"] < row["bone_age_months"] < row["interval_high_months"]
-        assert row["call"] in ("delayed", "normal", "advanced")
+        # The registered model was trained on synthetic films: marked, and no clinical call.
+        assert "SYNTHETIC-TRAINED MODEL" in row["warning"] and row["call"] is None and row["sds"] is None
 
         for bad, why in [
             ({**record, "sex": "X"}, "not M or F"),
@@ -345,7 +363,7 @@ def test_predict_bad_and_unusual_inputs(trained, tmp_path, kind, expected):
     assert "Traceback" not in result.output
 
 
-def test_cli_predict_table_scores_every_row_with_its_own_sex(trained, tmp_path):
+def test_cli_predict_table_scores_every_row_with_its_own_sex(trained, clinical, tmp_path):
     """A worklist: relative paths resolve against the CSV's folder, each row has its own sex and
     age, and a bad row is rejected with its reason while the good rows are scored."""
     images = _synthetic(trained, 2)
@@ -364,7 +382,7 @@ def test_cli_predict_table_scores_every_row_with_its_own_sex(trained, tmp_path):
     )
     out = tmp_path / "scored.csv"
     result = CliRunner().invoke(
-        app, ["predict", "--table", str(worklist_dir / "worklist.csv"), "--model", str(trained.models), "--out", str(out)]
+        app, ["predict", "--table", str(worklist_dir / "worklist.csv"), "--model", str(clinical), "--out", str(out)]
     )
     assert result.exit_code == 1, result.output  # some rows were rejected
     assert "Traceback" not in result.output
@@ -387,3 +405,40 @@ def test_cli_predict_table_without_a_sex_column_is_refused(trained, tmp_path):
     table.write_text("path\nfilm.png\n")
     result = CliRunner().invoke(app, ["predict", "--table", str(table), "--model", str(trained.models)])
     assert result.exit_code == 1 and "no column sex" in result.output and str(table) in result.output
+
+
+def test_a_synthetic_model_marks_every_output_and_makes_no_clinical_call(trained, tmp_path):
+    """The demo's model on a film with a chronological age: the number comes only with the marking,
+    in the CLI text, the JSON, the worklist and the HTML report, and never with an SDS or a call."""
+    image = _synthetic(trained, 1)[0]
+    args = ["predict", str(image), "--sex", "F", "--chronological-age", "120", "--model", str(trained.models)]
+    text = CliRunner().invoke(app, args)
+    assert text.exit_code == 0 and "WARNING: SYNTHETIC-TRAINED MODEL" in text.stdout
+    assert not re.search(r"SDS [+-]\d", text.stdout), text.stdout
+    assert not any(call in text.stdout for call in (": normal", ": delayed", ": advanced"))
+    as_json = CliRunner().invoke(app, [*args, "--json", "--report", str(tmp_path / "rep")])
+    row = json.loads(as_json.stdout[as_json.stdout.index("[") :])[0]
+    assert "SYNTHETIC-TRAINED MODEL" in row["warning"] and row["assessment"] is None
+    page = (tmp_path / "rep" / f"{image.stem}.html").read_text()
+    assert 'role="alert"' in page and "SYNTHETIC-TRAINED MODEL" in page and "SDS (Greulich" not in page
+    (tmp_path / "w.csv").write_text(f"path,sex,chronological_age\n{image},F,120\n")
+    CliRunner().invoke(
+        app, ["predict", "--table", str(tmp_path / "w.csv"), "--model", str(trained.models), "--out", str(tmp_path / "s.csv")]
+    )
+    scored = pd.read_csv(tmp_path / "s.csv", keep_default_na=False)
+    assert "SYNTHETIC-TRAINED MODEL" in scored.loc[0, "warning"] and scored.loc[0, "sds"] == "" and scored.loc[0, "call"] == ""
+
+
+def test_the_model_carries_its_provenance(trained):
+    provenance = trained.predictor.config.provenance
+    card = json.loads((trained.data / "dataset.json").read_text())
+    assert provenance["dataset_kind"] == "synthetic" == card["kind"]
+    assert provenance["dataset_fingerprint"] == card["fingerprint"] and len(card["fingerprint"]) == 16
+    assert provenance["films"] == card["films"] and sum(card["films"].values()) == len(trained.manifest)
+    assert provenance["image_size"] == 75 and provenance["backbone"] == "small_cnn"
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=trained.params.mlflow.tracking_uri)
+    run = client.get_run(trained.run_id)
+    assert run.data.tags["provenance.dataset_kind"] == "synthetic"
+    assert {d.dataset.name for d in run.inputs.dataset_inputs} == {"train films", "val films", "test films"}
