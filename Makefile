@@ -24,7 +24,7 @@ IMAGE ?= $(REGISTRY)/boneage-gpu:$(VERSION)
 IMAGE_CPU ?= $(REGISTRY)/boneage-cpu:$(VERSION)
 PIPELINE_YAML ?= pipeline/boneage-pipeline.yaml
 
-.PHONY: setup system-deps test test-fast demo pipeline real-data bench-real plots bench bench-gpu mlflow-ui serve lint clean help services services-down image lint-docker compile kfp-local submit
+.PHONY: setup system-deps test test-fast demo pipeline real-data bench-real bench-demo plots bench bench-gpu mlflow-ui serve lint clean help services services-down image lint-docker compile kfp-local submit
 
 help:
 	@echo "make setup   install system packages and the pinned Python environment in $(VENV)"
@@ -32,6 +32,7 @@ help:
 	@echo "make demo    install, then run the whole pipeline on the embedded synthetic dataset"
 	@echo "make real-data SOURCE=...   the pipeline on real RSNA films with the recipe of record (rsna-cpu)"
 	@echo "make bench   speed and memory benchmarks -> benchmarks/results.{json,md} and the README"
+	@echo "make bench-demo   the demo over 3 seeds -> the README's demo figures"
 	@echo "make bench-gpu   training images/s on an NVIDIA GPU (benchmarks/gpu.sh)"
 	@echo "make mlflow-ui / make plots   look at the runs and the DVC plots"
 	@echo "make serve [MODEL=models:/NAME@champion] [PORT=5002]   the registered model as a REST endpoint"
@@ -126,6 +127,11 @@ bench-real: setup
 	$(MAKE) real-data SOURCE=$(SOURCE)
 	$(BIN)/python -m benchmarks.bench_real recipe --workspace .
 	$(BIN)/python -m benchmarks.bench_real variants --source $(SOURCE)
+
+# The README's demo figures: the demo recipe over 3 seeds through the library (about 40 minutes on
+# 2 cores) -> benchmarks/results.json ("demo") and the README's "Demo results" block.
+bench-demo: setup
+	$(BIN)/python -m benchmarks.bench_demo run
 
 # Training images/s on an NVIDIA GPU (299 and 512 px, with and without mixed precision).
 bench-gpu:

@@ -90,7 +90,7 @@ def summary(runs: list[dict]) -> dict:
 def block(data: dict) -> str:
     runs = data.get("runs", [])
     if not runs or not data.get("machine"):
-        return "Not measured yet: `python -m benchmarks.bench_demo run`.\n"
+        return "Not measured yet: `make bench-demo`.\n"
     m = data["machine"]
     mean = statistics.mean
     bands = list(runs[0]["by_age_band"])

@@ -29,6 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.common import PROJECT, WORK, bench_params, load_results, machine, record
+from boneage.contracts import PREDICTIONS_FILE
 
 RESULT_KEY = "real_data"
 REAL_PRESET = "rsna-cpu"
@@ -153,6 +154,36 @@ def bootstrap_interval(predictions: Path, draws: int = 2000, level: float = 0.95
     return [round(float(v), 2) for v in np.percentile(maes, [tail, 100 - tail])]
 
 
+def paired_difference(predictions: Path, baseline: Path, draws: int = 2000, level: float = 0.95) -> list[float]:
+    """Test MAE of one recipe minus another's on the films both scored, with a paired percentile
+    bootstrap interval (the same films resampled for both, so film-to-film spread cancels)."""
+    import numpy as np
+
+    def abs_errors(path: Path) -> pd.Series:
+        pred = pd.read_csv(path, dtype={"id": str})
+        test = pred[pred["split"] == "test"]
+        return (test["predicted"] - test["boneage"]).abs().set_axis(test["id"])
+
+    a, b = abs_errors(predictions), abs_errors(baseline)
+    common = a.index.intersection(b.index)
+    diff = (a[common] - b[common]).to_numpy()
+    rng = np.random.default_rng(0)
+    means = diff[rng.integers(0, len(diff), (draws, len(diff)))].mean(axis=1)
+    tail = 100 * (1 - level) / 2
+    return [round(float(diff.mean()), 2), *(round(float(v), 2) for v in np.percentile(means, [tail, 100 - tail]))]
+
+
+def compare_with_recipe(variants: dict) -> dict:
+    """Each variant's paired difference from the recipe's equal-budget run, where both reports exist."""
+    reports = WORK / "real"
+    recipe = reports / "reports-recipe" / PREDICTIONS_FILE
+    for name, v in variants.items():
+        mine = reports / f"reports-{name}" / PREDICTIONS_FILE
+        if name != "recipe" and recipe.is_file() and mine.is_file():
+            v["vs_recipe_mae"] = paired_difference(mine, recipe)
+    return variants
+
+
 def _metric_summary(metrics: dict, predictions: Path) -> dict:
     test, val = metrics["test"], metrics["val"]
     return {
@@ -252,7 +283,7 @@ def _summary(data: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=("crop", "recipe", "variants", "readme"))
+    parser.add_argument("part", choices=("crop", "recipe", "variants", "compare", "readme"))
     parser.add_argument("--source", type=Path, help="a Kaggle-layout folder of real films")
     parser.add_argument("--workspace", type=Path, default=PROJECT, help="where `make real-data` ran")
     parser.add_argument("--minutes", type=float, default=30.0, help="a limit on each variant's training (safety)")
@@ -267,6 +298,8 @@ def main() -> None:
         store("crop", {crop: crop_quality(args.source, crop) for crop in CROPS})
     elif args.part == "recipe":
         store("recipe", {**recipe_figures(args.workspace), "machine": machine()})
+    elif args.part == "compare":
+        store("variants", compare_with_recipe(load_results().get(RESULT_KEY, {}).get("variants", {})))
     elif args.part == "variants":
         done = load_results().get(RESULT_KEY, {}).get("variants", {})
         for name in args.only:
@@ -275,7 +308,7 @@ def main() -> None:
                 **run_variant(name, args.source, args.minutes, args.epochs, args.steps, args.seed_minutes),
                 "description": VARIANTS[name][1],
             }
-            store("variants", done)
+            store("variants", compare_with_recipe(done))
     from benchmarks.real_report import write_readme_block
 
     write_readme_block(load_results().get(RESULT_KEY, {}))

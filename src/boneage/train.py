@@ -383,8 +383,8 @@ def train(params: Params, data_dir: Path, out_dir: Path) -> TrainResult:
     import mlflow
 
     data_dir, out_dir = Path(data_dir), Path(out_dir)
+    keras.utils.set_random_seed(params.seed)  # before the datasets: their shuffles draw from it
     data = _load_data(params, data_dir)
-    keras.utils.set_random_seed(params.seed)
     experiment_id = tracking.connect(params)  # fails fast, before any training, if MLflow is down
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out_dir / CHECKPOINT_DIR
