@@ -125,9 +125,25 @@ def plot_learning_curve(recipe: dict) -> None:
     plt.close(fig)
 
 
+def _tried_line(data: dict) -> list[str]:
+    tried = int(bool(data.get("recipe"))) + len(data.get("variants", {}))
+    if not tried:
+        return []
+    return [
+        f"Recipes read on the real test split so far: {tried}, once each (the recipe of record at its full "
+        "budget and each row above); none was tuned on it.",
+        "",
+    ]
+
+
 def block(data: dict) -> str:
     return "\n".join(
-        [*_crop_lines(data.get("crop", {})), *_recipe_lines(data.get("recipe", {})), *_variant_lines(data.get("variants", {}))]
+        [
+            *_crop_lines(data.get("crop", {})),
+            *_recipe_lines(data.get("recipe", {})),
+            *_variant_lines(data.get("variants", {})),
+            *_tried_line(data),
+        ]
     )
 
 
