@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -20,6 +21,8 @@ import yaml
 from boneage.config import Params
 from boneage.contracts import MANIFEST_FILE, PREDICTOR_FILE, RUN_FILE, write_json_atomic
 from boneage.errors import BoneageError
+
+QUIET_LOGGERS = ("mlflow.store.db.utils", "alembic.runtime.migration")
 
 # Never logged as params or tags, whatever a config or environment holds.
 SECRET_MARKERS = ("password", "secret", "token", "credential", "key")
@@ -72,6 +75,9 @@ def connect(params: Params) -> str:
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    # A new SQLite store announces its schema migrations at INFO; keep first runs readable.
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     uri = tracking_uri(params)
     if uri.startswith(("http://", "https://")):
         try:
