@@ -12,11 +12,10 @@ whole recipe. Each run reads its test split once."""
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
 import time
 
-from benchmarks.common import README, WORK, bench_params, load_results, machine, record
+from benchmarks.common import WORK, bench_params, load_results, machine, record, replace_readme_block
 
 RESULT_KEY = "demo"
 START, END = "<!-- demo:start -->", "<!-- demo:end -->"
@@ -132,10 +131,7 @@ def block(data: dict) -> str:
 
 
 def write_readme_block(data: dict) -> None:
-    text = README.read_text()
-    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
-    if pattern.search(text):
-        README.write_text(pattern.sub(lambda _: f"{START}\n{block(data)}{END}", text))
+    replace_readme_block(START, END, block(data))
 
 
 def main() -> None:

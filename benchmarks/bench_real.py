@@ -142,35 +142,35 @@ def _learning_curve(history: pd.DataFrame, manifest: pd.DataFrame, workspace: Pa
     ]
 
 
-def bootstrap_interval(predictions: Path, draws: int = 2000, level: float = 0.95) -> list[float]:
-    """The test MAE's sampling spread: a percentile bootstrap over the test films."""
+def _bootstrap_mean_interval(values, draws: int, level: float) -> list[float]:
+    """A percentile bootstrap interval of the mean of ``values`` (seeded: reruns agree)."""
     import numpy as np
 
-    pred = pd.read_csv(predictions)
-    errors = (pred.loc[pred["split"] == "test", "predicted"] - pred.loc[pred["split"] == "test", "boneage"]).abs().to_numpy()
     rng = np.random.default_rng(0)
-    maes = errors[rng.integers(0, len(errors), (draws, len(errors)))].mean(axis=1)
+    means = values[rng.integers(0, len(values), (draws, len(values)))].mean(axis=1)
     tail = 100 * (1 - level) / 2
-    return [round(float(v), 2) for v in np.percentile(maes, [tail, 100 - tail])]
+    return [round(float(v), 2) for v in np.percentile(means, [tail, 100 - tail])]
+
+
+def _test_abs_errors(predictions: Path) -> pd.Series:
+    """|predicted - true| months of each test film, indexed by id."""
+    pred = pd.read_csv(predictions, dtype={"id": str})
+    test = pred[pred["split"] == "test"]
+    return (test["predicted"] - test["boneage"]).abs().set_axis(test["id"])
+
+
+def bootstrap_interval(predictions: Path, draws: int = 2000, level: float = 0.95) -> list[float]:
+    """The test MAE's sampling spread: a percentile bootstrap over the test films."""
+    return _bootstrap_mean_interval(_test_abs_errors(predictions).to_numpy(), draws, level)
 
 
 def paired_difference(predictions: Path, baseline: Path, draws: int = 2000, level: float = 0.95) -> list[float]:
     """Test MAE of one recipe minus another's on the films both scored, with a paired percentile
     bootstrap interval (the same films resampled for both, so film-to-film spread cancels)."""
-    import numpy as np
-
-    def abs_errors(path: Path) -> pd.Series:
-        pred = pd.read_csv(path, dtype={"id": str})
-        test = pred[pred["split"] == "test"]
-        return (test["predicted"] - test["boneage"]).abs().set_axis(test["id"])
-
-    a, b = abs_errors(predictions), abs_errors(baseline)
+    a, b = _test_abs_errors(predictions), _test_abs_errors(baseline)
     common = a.index.intersection(b.index)
     diff = (a[common] - b[common]).to_numpy()
-    rng = np.random.default_rng(0)
-    means = diff[rng.integers(0, len(diff), (draws, len(diff)))].mean(axis=1)
-    tail = 100 * (1 - level) / 2
-    return [round(float(diff.mean()), 2), *(round(float(v), 2) for v in np.percentile(means, [tail, 100 - tail]))]
+    return [round(float(diff.mean()), 2), *_bootstrap_mean_interval(diff, draws, level)]
 
 
 def compare_with_recipe(variants: dict) -> dict:

@@ -126,11 +126,17 @@ def write_markdown(data: dict) -> None:
     table = markdown_table(data)
     RESULTS_MD.write_text(table)
     # The README shows the same table between two markers, so it cannot drift from the results.
-    if README.exists():
-        text = README.read_text()
-        pattern = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.S)
-        if pattern.search(text):
-            README.write_text(pattern.sub(lambda _: f"{README_START}\n{table}{README_END}", text))
+    replace_readme_block(README_START, README_END, table)
+
+
+def replace_readme_block(start: str, end: str, body: str) -> None:
+    """Put ``body`` between the README's ``start`` and ``end`` markers (nothing if they are absent)."""
+    if not README.exists():
+        return
+    text = README.read_text()
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
+    if pattern.search(text):
+        README.write_text(pattern.sub(lambda _: f"{start}\n{body}{end}", text))
 
 
 def bench_params(**overrides):

@@ -4,9 +4,7 @@ and the equal-budget comparison."""
 
 from __future__ import annotations
 
-import re
-
-from benchmarks.common import PROJECT, README
+from benchmarks.common import PROJECT, replace_readme_block
 
 START, END = "<!-- real:start -->", "<!-- real:end -->"
 CURVE_PNG = PROJECT / "docs" / "real-learning-curve.png"
@@ -150,7 +148,4 @@ def block(data: dict) -> str:
 def write_readme_block(data: dict) -> None:
     if data.get("recipe"):
         plot_learning_curve(data["recipe"])
-    text = README.read_text()
-    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
-    if pattern.search(text):
-        README.write_text(pattern.sub(lambda _: f"{START}\n{block(data)}{END}", text))
+    replace_readme_block(START, END, block(data))
