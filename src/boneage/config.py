@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from boneage.contracts import MAX_AGE_MONTHS, MIN_AGE_MONTHS, is_synthetic_source
+from boneage.contracts import DATASET_KINDS, MAX_AGE_MONTHS, MIN_AGE_MONTHS, is_synthetic_source
 from boneage.errors import BoneageError
 
 DEFAULT_PARAMS_PATH = Path("params.yaml")
@@ -264,8 +264,11 @@ class Params(_Strict):
     def trains_on_synthetic_data(self) -> bool:
         return is_synthetic_source(self.data.source, self.data.synthetic_dir)
 
-    def registered_model_name(self) -> str:
-        return self.mlflow.synthetic_registered_model if self.trains_on_synthetic_data() else self.mlflow.registered_model
+    def registered_model_name(self, dataset_kind: str | None = None) -> str:
+        """The registry name for a model: by the dataset kind its provenance records, or, for a
+        model that records none, by what data.source names."""
+        synthetic = dataset_kind == "synthetic" if dataset_kind in DATASET_KINDS else self.trains_on_synthetic_data()
+        return self.mlflow.synthetic_registered_model if synthetic else self.mlflow.registered_model
 
     def age_band_edges_months(self) -> list[float]:
         return [y * 12.0 for y in self.data.age_bands_years]

@@ -7,6 +7,7 @@ Stages and fronts (CLI, DVC, KFP) import these; no stage imports another stage f
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -153,11 +154,9 @@ def dataset_card(kind: str, source: str, manifest: pd.DataFrame, file_sizes: lis
     """What a dataset is, in a few fields that travel with it to the model: synthetic or real, a
     fingerprint of its labels, splits and image files (ids, labels, split and byte sizes), and
     its films per split."""
-    import hashlib
-
     assert kind in DATASET_KINDS, kind
     digest = hashlib.sha256()
-    for row, size in zip(manifest[["id", "boneage", "male", "split"]].itertuples(index=False), file_sizes, strict=True):
+    for row, size in zip(manifest[LABEL_COLUMNS].itertuples(index=False), file_sizes, strict=True):
         digest.update(f"{row.id},{row.boneage},{row.male},{row.split},{size}\n".encode())
     return {
         "kind": kind,

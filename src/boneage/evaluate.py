@@ -68,7 +68,10 @@ def _plots(pred: pd.DataFrame, out_dir: Path, bands_order: list[str]) -> list[Pa
     for male, colour in ((True, "tab:blue"), (False, "tab:red")):
         g = test[test["male"] == male]
         ax.scatter(g["boneage"], g["predicted"], s=10, alpha=0.6, c=colour, label="male" if male else "female")
-    lim = [MIN_AGE_MONTHS, max([MAX_AGE_MONTHS, *test[["boneage", "predicted"]].to_numpy().ravel()])]
+    lim = [
+        MIN_AGE_MONTHS,
+        max(MAX_AGE_MONTHS, float(test[["boneage", "predicted"]].max().max()) if len(test) else MAX_AGE_MONTHS),
+    ]
     ax.plot(lim, lim, "k--", lw=1)
     ax.set(xlabel="true bone age (months)", ylabel="predicted (months)", title="Test: predicted vs true", xlim=lim, ylim=lim)
     ax.legend()

@@ -41,11 +41,8 @@ def register(params: Params, model_dir: Path, metrics_path: Path, out_path: Path
     tracking.connect(params)
     client = MlflowClient()
     provenance = tracking.read_provenance(Path(model_dir))
-    # The data card the model carries decides (it went through every stage with the data); a model
-    # without one falls back to what params.yaml says the source is.
-    kind = provenance.get("dataset_kind")
-    names = {"synthetic": params.mlflow.synthetic_registered_model, "real": params.mlflow.registered_model}
-    name = names.get(kind) or params.registered_model_name()
+    # The data card the model carries decides (it went through every stage with the data).
+    name = params.registered_model_name(provenance.get("dataset_kind"))
     try:
         client.get_registered_model(name)
     except MlflowException:

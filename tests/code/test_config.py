@@ -167,3 +167,7 @@ def test_a_synthetic_dataset_is_recognised_wherever_it_lies(tmp_path):
     assert moved.registered_model_name() == "boneage-synthetic"
     assert real.registered_model_name() == "boneage"
     assert base.registered_model_name() == "boneage-synthetic"
+    # A model's recorded dataset kind outranks what data.source names; "unknown" falls back to it.
+    assert real.registered_model_name("synthetic") == "boneage-synthetic"
+    assert base.registered_model_name("real") == "boneage"
+    assert base.registered_model_name("unknown") == "boneage-synthetic"
