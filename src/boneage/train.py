@@ -267,7 +267,7 @@ def _log_run_start(params: Params, data: _Data, data_dir: Path, model: BoneAgeMo
                 dataset = mlflow.data.from_pandas(
                     rows, source=str(Path(data_dir).resolve() / MANIFEST_FILE), name=f"{split} films"
                 )
-            mlflow.log_input(dataset, context=context)
+                mlflow.log_input(dataset, context=context)  # the schema is inferred here, lazily
 
 
 def model_provenance(params: Params, data_dir: Path, recipe_fingerprint: str) -> dict:
