@@ -24,7 +24,7 @@ IMAGE ?= $(REGISTRY)/boneage-gpu:$(VERSION)
 IMAGE_CPU ?= $(REGISTRY)/boneage-cpu:$(VERSION)
 PIPELINE_YAML ?= pipeline/boneage-pipeline.yaml
 
-.PHONY: setup system-deps test test-fast demo pipeline real-data bench-real bench-demo plots bench bench-gpu mlflow-ui serve lint clean help services services-down image lint-docker compile kfp-local submit
+.PHONY: setup system-deps test test-fast demo pipeline real-data bench-real bench-demo bench-ood plots bench bench-gpu mlflow-ui serve lint clean help services services-down image lint-docker compile kfp-local submit
 
 help:
 	@echo "make setup   install system packages and the pinned Python environment in $(VENV)"
@@ -127,6 +127,14 @@ bench-real: setup
 	$(MAKE) real-data SOURCE=$(SOURCE)
 	$(BIN)/python -m benchmarks.bench_real recipe --workspace .
 	$(BIN)/python -m benchmarks.bench_real variants --source $(SOURCE)
+	$(MAKE) bench-ood SOURCE=$(SOURCE) WORKSPACE=.
+
+# What the out-of-distribution check refuses and the interval's coverage, on the model of a finished
+# `make real-data` WORKSPACE and the demo model `make bench-demo` leaves (benchmarks/bench_ood.py).
+WORKSPACE ?= .
+bench-ood: setup
+	@test -n "$(SOURCE)" || { echo "error: name the dataset: make bench-ood SOURCE=path/to/kaggle-folder [WORKSPACE=.]"; exit 1; }
+	$(BIN)/python -m benchmarks.bench_ood run --workspace $(WORKSPACE) --source $(SOURCE)
 
 # The README's demo figures: the demo recipe over 3 seeds through the library (about 40 minutes on
 # 2 cores) -> benchmarks/results.json ("demo") and the README's "Demo results" block.

@@ -84,6 +84,10 @@ def test_dvc_repro_end_to_end_then_noop(project):
         assert f"Running stage '{stage}'" in first.stdout
     metrics = json.loads((work / "reports" / "metrics.json").read_text())
     assert metrics["test"]["n"] > 0 and set(metrics["test"]["by_sex"]) <= {"male", "female"}
+    # The model carries its check and its interval: evaluate reports what they do on the test films.
+    assert (work / "models" / "ood.npz").is_file() and 0.0 <= metrics["test"]["ood_refused"] <= 0.2
+    assert 0.5 <= metrics["test"]["interval_coverage"] <= 1.0
+    assert all("interval_coverage" in band for band in metrics["test"]["by_age_band"].values())
     assert json.loads((work / "reports" / "registry.json").read_text())["alias"] == "champion"
     assert not (work / "mlruns" / "mlflow.db").exists(), "logged locally instead of to the server"
     # No secret leaks: not into the run's params or tags, not onto the console.
@@ -158,6 +162,7 @@ def test_kfp_local_run_matches_dvc_repro(project, stack, stack_env, tmp_path):
     run_id = json.loads((artifact("train", "model") / "run.json").read_text())["run_id"]
     logged = mlflow.MlflowClient(tracking_uri=stack.mlflow_uri).get_run(run_id).data
     assert "val_mae_months" in logged.metrics and "test_mae" in logged.metrics
+    assert "test_interval_coverage" in logged.metrics and "ood_threshold_orientation" in logged.metrics
     assert logged.tags["registry.alias"] == decision["alias"]
     assert "# Evaluate" in artifact("evaluate", "summary").read_text()
     # Provenance travels through the KFP artifacts too: the version and the run say what trained it.

@@ -127,6 +127,22 @@ class AugmentConfig(_Strict):
     contrast: Annotated[float, Field(ge=0, lt=1)] = 0.15
 
 
+class OodConfig(_Strict):
+    """The out-of-distribution check each model carries (boneage.ood), fitted after training."""
+
+    enabled: bool = True
+    # Refuse inputs farther from the training films than this quantile of the validation films'
+    # distances: about 1 - quantile of films like the training ones are refused.
+    quantile: Annotated[float, Field(gt=0.5, lt=1.0)] = 0.995
+    # The image signature: thumbnails of this side of the prepared image and of its gradients.
+    image_side: Annotated[int, Field(ge=2, le=64)] = 16
+    # Features whose training SD is below this fraction of the median SD are scaled by that floor.
+    sd_floor_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.01
+    # The orientation classifier (logistic regression): inverse L2 strength, and its iterations.
+    orientation_regularisation: Annotated[float, Field(gt=0.0)] = 0.1
+    orientation_max_iterations: Annotated[int, Field(ge=10)] = 300
+
+
 class TrainConfig(_Strict):
     batch_size: Annotated[int, Field(ge=1)] = 32
     epochs: Annotated[int, Field(ge=1)] = 30
@@ -166,6 +182,12 @@ class TrainConfig(_Strict):
     # The nominal coverage of the prediction interval, calibrated on the validation split
     # (split conformal: the interval covers a new case's true age with at least this probability).
     interval_level: Annotated[float, Field(gt=0, lt=1)] = 0.9
+    # One interval width per band of *predicted* age (data.age_bands_years), each calibrated on the
+    # validation films predicted in that band (Mondrian conformal): wider where the model is weaker.
+    # A band with fewer validation films than interval_min_band_films takes the pooled width.
+    interval_by_band: bool = True
+    interval_min_band_films: Annotated[int, Field(ge=1)] = 100
+    ood: OodConfig = OodConfig()
     # "auto": mixed precision and MirroredStrategy when GPUs are present, plain float32 on CPU.
     mixed_precision: Literal["auto", "on", "off"] = "auto"
     # XLA-compile the training step. Off by default: on this 2-core CPU a whole demo epoch took as

@@ -31,6 +31,8 @@ MODEL_FILE = "model.keras"
 PREDICTOR_FILE = "predictor.json"
 HISTORY_FILE = "history.csv"
 TARGET_FILE = "target.json"
+# the out-of-distribution check fitted on the training films (boneage.ood)
+OOD_FILE = "ood.npz"
 RUN_FILE = "run.json"
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_STATE_FILE = "state.json"

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import keras
+import numpy as np
 import pandas as pd
 import tensorflow as tf
 
@@ -104,10 +105,45 @@ def make_dataset(
     return ds.prefetch(AUTOTUNE)
 
 
-def predict_split(model: keras.Model, data_dir: Path, split: str, image_size: int, batch_size: int) -> pd.DataFrame:
-    """Predicted months for every record of one split: columns id, predicted."""
-    rows = []
+def predict_split(model: keras.Model, data_dir: Path, split: str, image_size: int, batch_size: int, ood=None) -> pd.DataFrame:
+    """Predicted months for every record of one split: columns id, predicted; with an
+    out-of-distribution check (boneage.ood.OodCheck), ood_score too (above 1: refused)."""
+    if ood is None:
+        rows = []
+        for inputs, _, ids in make_dataset(data_dir, split, image_size, batch_size, with_ids=True):
+            pred = model.predict_on_batch(inputs).reshape(-1)
+            rows.extend(zip([i.decode() for i in ids.numpy()], pred.tolist(), strict=True))
+        return pd.DataFrame(rows, columns=["id", "predicted"])
+    from boneage.ood import scoring_model
+
+    scorer, frames = scoring_model(model), []
     for inputs, _, ids in make_dataset(data_dir, split, image_size, batch_size, with_ids=True):
-        pred = model.predict_on_batch(inputs).reshape(-1)
-        rows.extend(zip([i.decode() for i in ids.numpy()], pred.tolist(), strict=True))
-    return pd.DataFrame(rows, columns=["id", "predicted"])
+        pred, features = scorer.predict_on_batch(inputs)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "id": [i.decode() for i in ids.numpy()],
+                    "predicted": np.asarray(pred).reshape(-1),
+                    "ood_score": ood.scores(features, inputs[IMAGE_INPUT].numpy()),
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def split_fit_data(model: keras.Model, data_dir: Path, split: str, image_size: int, batch_size: int, image_side: int, turns: int):
+    """(ids and predictions of one split, what fitting an out-of-distribution check needs from it:
+    pooled features, and image signatures of the first ``turns`` quarter turns)."""
+    from boneage.ood import FitData, image_signature, pooled, scoring_model, turned
+
+    scorer = scoring_model(model)
+    rows, features, signatures = [], [], [[] for _ in range(turns)]
+    for inputs, _, ids in make_dataset(data_dir, split, image_size, batch_size, with_ids=True):
+        pred, feats = scorer.predict_on_batch(inputs)
+        images = inputs[IMAGE_INPUT].numpy()
+        features.append(pooled(feats))
+        for k in range(turns):
+            signatures[k].append(image_signature(turned(images, k), image_side))
+        rows.extend(zip([i.decode() for i in ids.numpy()], np.asarray(pred).reshape(-1).tolist(), strict=True))
+    data = FitData(np.concatenate(features), [np.concatenate(s) for s in signatures]) if features else None
+    return pd.DataFrame(rows, columns=["id", "predicted"]), data

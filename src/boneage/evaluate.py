@@ -16,7 +16,9 @@ from boneage.contracts import (
     METRICS_FILE,
     MIN_AGE_MONTHS,
     MODEL_FILE,
+    OOD_FILE,
     PREDICTIONS_FILE,
+    PREDICTOR_FILE,
     age_band,
     age_band_labels,
     noise_floor_mae,
@@ -43,16 +45,23 @@ def regression_metrics(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     }
 
 
-def breakdown(df: pd.DataFrame, bands: list[str]) -> dict:
-    """Metrics overall, by sex and by age band; the bands youngest first, as ``bands`` lists them."""
+def group_metrics(df: pd.DataFrame) -> dict[str, float]:
+    """Regression metrics, and where the predictions carry them the interval's coverage and width and
+    the share of films the out-of-distribution check refuses."""
     out = regression_metrics(df["boneage"], df["predicted"])
-    out["by_sex"] = {
-        sex: regression_metrics(g["boneage"], g["predicted"])
-        for sex, g in df.groupby(df["male"].map({True: "male", False: "female"}))
-    }
-    out["by_age_band"] = {
-        band: regression_metrics(g["boneage"], g["predicted"]) for band in bands if len(g := df[df["age_band"] == band])
-    }
+    if len(df) and "interval_halfwidth" in df:
+        out["interval_coverage"] = float(((df["predicted"] - df["boneage"]).abs() <= df["interval_halfwidth"]).mean())
+        out["interval_mean_width"] = float(2 * df["interval_halfwidth"].mean())
+    if len(df) and "ood_refused" in df:
+        out["ood_refused"] = float(df["ood_refused"].mean())
+    return out
+
+
+def breakdown(df: pd.DataFrame, bands: list[str]) -> dict:
+    """Metrics overall, by sex and by (true) age band; the bands youngest first, as ``bands`` lists them."""
+    out = group_metrics(df)
+    out["by_sex"] = {sex: group_metrics(g) for sex, g in df.groupby(df["male"].map({True: "male", False: "female"}))}
+    out["by_age_band"] = {band: group_metrics(g) for band in bands if len(g := df[df["age_band"] == band])}
     return out
 
 
@@ -106,13 +115,15 @@ def flat_metrics(metrics: dict) -> dict[str, float]:
     flat = {}
     for split in EVAL_SPLITS:
         m = metrics.get(split, {})
-        for key in ("mae", "rmse", "median_ae", "within_6m", "within_12m", "bias"):
+        for key in ("mae", "rmse", "median_ae", "within_6m", "within_12m", "bias", "interval_coverage", "ood_refused"):
             if key in m:
                 flat[f"{split}_{key}"] = m[key]
         for group in ("by_sex", "by_age_band"):
             for name, sub in m.get(group, {}).items():
                 if "mae" in sub:
                     flat[f"{split}_mae_{name}"] = sub["mae"]
+                if "interval_coverage" in sub:
+                    flat[f"{split}_interval_coverage_{name}"] = sub["interval_coverage"]
     for key, value in metrics.get("baseline", {}).items():
         if value is not None:
             flat[f"baseline_{key}"] = value
@@ -124,16 +135,23 @@ def evaluate(params: Params, data_dir: Path, model_dir: Path, out_dir: Path, log
 
     from boneage.dataset import predict_split
     from boneage.model import load_predict_model
+    from boneage.ood import OodCheck
+    from boneage.predictor_config import PredictorConfig
 
     data_dir, model_dir, out_dir = Path(data_dir), Path(model_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = load_predict_model(model_dir / MODEL_FILE)
+    scoring = PredictorConfig.read(model_dir / PREDICTOR_FILE)
+    ood = OodCheck.load(model_dir / OOD_FILE) if (model_dir / OOD_FILE).is_file() else None
     manifest = read_manifest(data_dir)
     frames = []
     for split in EVAL_SPLITS:
         if (manifest["split"] == split).any():
-            frames.append(predict_split(model, data_dir, split, params.preprocess.image_size, params.train.batch_size))
+            frames.append(predict_split(model, data_dir, split, params.preprocess.image_size, params.train.batch_size, ood))
     pred = pd.concat(frames).merge(manifest[["id", "boneage", "male", "split"]], on="id", how="left")
+    pred["interval_halfwidth"] = [scoring.halfwidth(m) for m in pred["predicted"]]
+    if ood is not None:
+        pred["ood_refused"] = pred["ood_score"] > 1.0
     pred["age_band"] = [age_band(a, params.data.age_bands_years) for a in pred["boneage"]]
     pred = pred.sort_values(["split", "id"]).reset_index(drop=True)
 

@@ -7,7 +7,6 @@ the reports, so a radiograph is prepared exactly as in training wherever it is s
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -15,71 +14,38 @@ from pathlib import Path
 
 import numpy as np
 
-from boneage.config import PreprocessConfig
+from boneage.config import TrainConfig
 from boneage.contracts import (
     MAX_AGE_MONTHS,
     MIN_AGE_MONTHS,
     MODEL_FILE,
+    OOD_FILE,
     PREDICTOR_FILE,
     parse_optional_age,
     parse_sex,
-    write_json_atomic,
 )
 from boneage.errors import BadInputError, BoneageError
 from boneage.imaging import IMAGE_SUFFIXES, Radiograph, read_radiograph
+from boneage.ood import OodCheck, scoring_model
+from boneage.predictor_config import (  # noqa: F401  (re-exported: predict is where users look)
+    SYNTHETIC_WARNING,
+    UNKNOWN_PROVENANCE_WARNING,
+    PredictorConfig,
+    band_index,
+)
 from boneage.standards import assess
 
 # Images per model call when scoring many files: large enough to amortise the call, small enough
 # that a batch of 299 px images stays well under a GiB of activations.
 DEFAULT_BATCH = 16
-SYNTHETIC_WARNING = (
-    "SYNTHETIC-TRAINED MODEL: trained on drawn films, not radiographs; not a bone age of this child "
-    "(no SDS, no delayed/advanced call)"
+UNCHECKED_WARNING = (
+    "MODEL WITHOUT AN OUT-OF-DISTRIBUTION CHECK: images unlike its training films are not refused; retrain it to fit one"
 )
-UNKNOWN_PROVENANCE_WARNING = "MODEL OF UNKNOWN PROVENANCE: it records no training data; retrain it before clinical use"
 
 
 def years_and_months(months: float) -> str:
     total = int(round(months))
     return f"{total // 12} y {total % 12} m"
-
-
-@dataclass
-class PredictorConfig:
-    """What scoring needs besides the weights; written by train next to model.keras."""
-
-    preprocess: dict
-    max_image_pixels: int
-    use_sex: bool
-    interval_level: float
-    interval_halfwidth_months: float
-    # What the model learned from (boneage.train writes it): dataset kind, fingerprint and films,
-    # resolution, recipe. Empty for models trained before provenance was recorded.
-    provenance: dict = field(default_factory=dict)
-
-    def preprocess_config(self) -> PreprocessConfig:
-        return PreprocessConfig.model_validate(self.preprocess)
-
-    @property
-    def dataset_kind(self) -> str:
-        return self.provenance.get("dataset_kind", "unknown")
-
-    def warning(self) -> str | None:
-        """The marking every output of a non-clinical model carries (None for a real-data model)."""
-        if self.dataset_kind == "real":
-            return None
-        if self.dataset_kind == "synthetic":
-            return SYNTHETIC_WARNING
-        return UNKNOWN_PROVENANCE_WARNING
-
-    def write(self, path: Path) -> None:
-        write_json_atomic(path, self.__dict__)
-
-    @classmethod
-    def read(cls, path: Path) -> PredictorConfig:
-        if not Path(path).is_file():
-            raise BoneageError(f"{path}: no predictor settings (a model trained before `boneage predict` existed?)")
-        return cls(**json.loads(Path(path).read_text()))
 
 
 def conformal_halfwidth(residuals: np.ndarray, level: float) -> float:
@@ -92,18 +58,61 @@ def conformal_halfwidth(residuals: np.ndarray, level: float) -> float:
     return float(scores[rank - 1])
 
 
-def calibrate(residuals: np.ndarray, level: float, correct_bias: bool) -> tuple[float, float]:
-    """(bias offset, conformal half-width) from held-out residuals (true - predicted).
+def conformal_scores(residuals: np.ndarray, correct_bias: bool) -> tuple[float, np.ndarray]:
+    """(bias offset, conformity scores in the residuals' order) from held-out residuals (true - predicted).
 
     The interval's scores must come from residuals that fitted nothing: with a bias correction,
     the residuals are cross-fitted in two halves, each half scored against the median of the
     other. The offset the model applies is the median of all of them."""
     residuals = np.asarray(residuals, dtype=float)
     if not correct_bias:
-        return 0.0, conformal_halfwidth(residuals, level)
-    halves = residuals[0::2], residuals[1::2]
-    scores = np.concatenate([halves[0] - np.median(halves[1]), halves[1] - np.median(halves[0])])
-    return float(np.median(residuals)), conformal_halfwidth(scores, level)
+        return 0.0, residuals
+    scores = np.empty_like(residuals)
+    scores[0::2] = residuals[0::2] - np.median(residuals[1::2])
+    scores[1::2] = residuals[1::2] - np.median(residuals[0::2])
+    return float(np.median(residuals)), scores
+
+
+def calibrate(residuals: np.ndarray, level: float, correct_bias: bool) -> tuple[float, float]:
+    """(bias offset, conformal half-width) from held-out residuals (true - predicted)."""
+    offset, scores = conformal_scores(residuals, correct_bias)
+    return offset, conformal_halfwidth(scores, level)
+
+
+def band_halfwidths(
+    predicted: np.ndarray, scores: np.ndarray, edges_months, level: float, min_films: int, pooled: float
+) -> list[float]:
+    """Mondrian conformal: one half-width per band of *predicted* age, from the scores of the held-out
+    films predicted in that band, so that coverage holds within each band. A band with fewer than
+    ``min_films`` films takes the pooled half-width."""
+    bands = band_index(predicted, edges_months)
+    out = []
+    for band in range(len(edges_months) - 1):
+        inside = np.asarray(scores)[bands == band]
+        out.append(conformal_halfwidth(inside, level) if len(inside) >= min_films else pooled)
+    return out
+
+
+@dataclass(frozen=True)
+class IntervalCalibration:
+    offset_months: float  # the bias correction (median validation residual), 0 without one
+    halfwidth_months: float
+    band_edges_months: list[float]
+    band_halfwidths_months: list[float]
+
+
+def calibrate_interval(predicted: np.ndarray, true: np.ndarray, cfg: TrainConfig, age_bands_years) -> IntervalCalibration:
+    """The bias correction and the (band-conditional) conformal interval from the validation films'
+    predictions before any correction."""
+    predicted, true = np.asarray(predicted, dtype=float), np.asarray(true, dtype=float)
+    correct = cfg.correct_bias_on_val and len(true) >= cfg.bias_correction_min_images
+    offset, scores = conformal_scores(true - predicted, correct)
+    halfwidth = conformal_halfwidth(scores, cfg.interval_level)
+    if not cfg.interval_by_band:
+        return IntervalCalibration(offset, halfwidth, [], [])
+    edges = [years * 12.0 for years in age_bands_years]
+    widths = band_halfwidths(predicted + offset, scores, edges, cfg.interval_level, cfg.interval_min_band_films, halfwidth)
+    return IntervalCalibration(offset, halfwidth, edges, widths)
 
 
 @dataclass
@@ -118,6 +127,9 @@ class Prediction:
     assessment: dict | None = None
     rejected: str | None = None
     warning: str | None = None
+    # How unlike the model's training films (boneage.ood): the largest of its scores as a multiple of
+    # that score's threshold; above 1 the image is refused. None for a model without a check.
+    ood_score: float | None = None
     box: tuple[int, int, int, int] | None = None
     prepared: np.ndarray | None = field(default=None, repr=False)
 
@@ -129,15 +141,17 @@ class Prediction:
 
 
 class Predictor:
-    def __init__(self, model, config: PredictorConfig):
-        self.model, self.config = model, config
+    def __init__(self, model, config: PredictorConfig, ood: OodCheck | None = None):
+        self.model, self.config, self.ood = model, config, ood
         self.preprocess_cfg = config.preprocess_config()
+        self._scoring = scoring_model(model) if ood is not None else None
 
     @classmethod
-    def from_files(cls, model_path: str | Path, config_path: str | Path) -> Predictor:
+    def from_files(cls, model_path: str | Path, config_path: str | Path, ood_path: str | Path | None = None) -> Predictor:
         from boneage.model import load_predict_model
 
-        return cls(load_predict_model(Path(model_path)), PredictorConfig.read(Path(config_path)))
+        ood = OodCheck.load(Path(ood_path)) if ood_path else None
+        return cls(load_predict_model(Path(model_path)), PredictorConfig.read(Path(config_path)), ood)
 
     @classmethod
     def load(cls, where: str) -> Predictor:
@@ -147,7 +161,8 @@ class Predictor:
         folder = Path(where)
         if folder.is_file():
             folder = folder.parent
-        return cls.from_files(folder / MODEL_FILE, folder / PREDICTOR_FILE)
+        ood = folder / OOD_FILE
+        return cls.from_files(folder / MODEL_FILE, folder / PREDICTOR_FILE, ood if ood.is_file() else None)
 
     @classmethod
     def _from_mlflow(cls, uri: str) -> Predictor:
@@ -164,7 +179,13 @@ class Predictor:
         configs = list(local.rglob(PREDICTOR_FILE))
         if not models or not configs:
             raise BoneageError(f"{uri}: not a boneage model (no {MODEL_FILE} and {PREDICTOR_FILE} inside)")
-        return cls.from_files(models[0], configs[0])
+        checks = list(local.rglob(OOD_FILE))
+        return cls.from_files(models[0], configs[0], checks[0] if checks else None)
+
+    def warning(self) -> str | None:
+        """Every marking this model's outputs carry, or None for a checked real-data model."""
+        parts = [w for w in (self.config.warning(), None if self.ood else UNCHECKED_WARNING) if w]
+        return "; ".join(parts) or None
 
     @property
     def image_size(self) -> int:
@@ -176,12 +197,18 @@ class Predictor:
         image, box = prepare(radiograph.pixels, self.preprocess_cfg)
         return image, (box.x0, box.y0, box.x1, box.y1)
 
-    def predict_prepared(self, images: np.ndarray, males: np.ndarray) -> np.ndarray:
+    def predict_prepared(self, images: np.ndarray, males: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, list]:
+        """Months for prepared images; with a check, each image's out-of-distribution score (above 1:
+        refused) and the reason it is refused (None when it passes)."""
         batch = {
             "image": images.reshape(-1, self.image_size, self.image_size, 1).astype(np.uint8),
             "male": np.asarray(males, dtype=np.float32).reshape(-1, 1),
         }
-        return np.asarray(self.model.predict_on_batch(batch)).reshape(-1)
+        if self.ood is None:
+            return np.asarray(self.model.predict_on_batch(batch)).reshape(-1), None, [None] * len(images)
+        months, features = self._scoring.predict_on_batch(batch)
+        scores = self.ood.scores(features, batch["image"])
+        return np.asarray(months).reshape(-1), scores, self.ood.refusal(features, batch["image"])
 
     def admit(self, radiograph: Radiograph, source: str, sex=None, chronological_age=None) -> _Admitted:
         """Check the request and prepare the image; bad input gives a rejected Prediction."""
@@ -202,14 +229,15 @@ class Predictor:
         return _Admitted(result, image, male, ca)
 
     def _complete(self, admitted: _Admitted, months: float) -> Prediction:
-        result, half = admitted.result, self.config.interval_halfwidth_months
+        result = admitted.result
         months = float(np.clip(months, MIN_AGE_MONTHS, MAX_AGE_MONTHS))
+        half = self.config.halfwidth(months)
         result.prepared = admitted.image
         result.bone_age_months = round(months, 2)
         result.bone_age = years_and_months(months)
         result.interval_months = (max(MIN_AGE_MONTHS, months - half), min(MAX_AGE_MONTHS, months + half))
         result.interval_level = self.config.interval_level
-        result.warning = self.config.warning()
+        result.warning = self.warning()
         if admitted.chronological_age is not None:
             result.chronological_age_months = admitted.chronological_age
             # A synthetic model's number is no child's bone age: no clinical call from it.
@@ -219,12 +247,20 @@ class Predictor:
 
     def finish(self, admitted: list[_Admitted], batch_size: int = DEFAULT_BATCH) -> list[Prediction]:
         """Run the model over the admitted images, one call per ``batch_size`` of them, and complete
-        the predictions (rejected ones pass through in place)."""
+        the predictions; an image the out-of-distribution check refuses gets no bone age (rejected
+        ones pass through in place)."""
         ready = [a for a in admitted if a.image is not None]
         for first in range(0, len(ready), batch_size):
             batch = ready[first : first + batch_size]
-            months = self.predict_prepared(np.stack([a.image for a in batch]), np.array([a.male for a in batch]))
-            for a, m in zip(batch, months, strict=True):
+            months, scores, refusals = self.predict_prepared(
+                np.stack([a.image for a in batch]), np.array([a.male for a in batch])
+            )
+            for i, (a, m) in enumerate(zip(batch, months, strict=True)):
+                if scores is not None:
+                    a.result.ood_score = round(float(scores[i]), 3)
+                if refusals[i]:
+                    a.result.rejected = refusals[i]
+                    continue
                 self._complete(a, float(m))
         return [a.result for a in admitted]
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 
 def metrics_table(metrics: dict) -> str:
-    """A Markdown table: test and validation MAE overall, by sex and by band, beside the baselines."""
-    lines = ["| group | val MAE | test MAE | test within 12 m | test n |", "|---|---:|---:|---:|---:|"]
+    """A Markdown table: test and validation MAE overall, by sex and by band, the test interval's
+    coverage and the share of test films the out-of-distribution check refuses, beside the baselines."""
+    lines = [
+        "| group | val MAE | test MAE | test within 12 m | test interval coverage | test OOD refused | test n |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
 
     def row(label, val, test):
         def fmt(m, key, pct=False):
@@ -14,7 +18,10 @@ def metrics_table(metrics: dict) -> str:
             return f"{100 * m[key]:.0f}%" if pct else f"{m[key]:.2f}"
 
         n = test.get("n", 0) if test else 0
-        lines.append(f"| {label} | {fmt(val, 'mae')} | {fmt(test, 'mae')} | {fmt(test, 'within_12m', True)} | {n} |")
+        lines.append(
+            f"| {label} | {fmt(val, 'mae')} | {fmt(test, 'mae')} | {fmt(test, 'within_12m', True)} "
+            f"| {fmt(test, 'interval_coverage', True)} | {fmt(test, 'ood_refused', True)} | {n} |"
+        )
 
     val, test = metrics.get("val", {}), metrics.get("test", {})
     row("all", val, test)

@@ -1,6 +1,7 @@
 """Scoring rows of a REST request (see boneage.serving): base64 image bytes, sex and optionally the
 chronological age in, bone age with its interval and SDS out (a model not trained on real films
-marks every row with a warning and gives no SDS); a bad row is an HTTP 400."""
+marks every row with a warning and gives no SDS); a bad row, or an image unlike the model's training
+films, is an HTTP 400 that names the row and the reason."""
 
 from __future__ import annotations
 
@@ -61,8 +62,12 @@ def score_records(predictor, frame: pd.DataFrame) -> pd.DataFrame:
         if ready.result.rejected:
             raise _bad_request(f"row {i}: {ready.result.rejected}")
         admitted.append(ready)
+    results = predictor.finish(admitted)  # one model call per batch of rows
+    refused = [r for r in results if r.rejected]  # by the out-of-distribution check
+    if refused:
+        raise _bad_request("; ".join(f"{r.source}: {r.rejected}" for r in refused))
     rows = []
-    for result in predictor.finish(admitted):  # one model call per batch of rows
+    for result in results:
         low, high = result.interval_months
         assessment = result.assessment or {}
         rows.append(

@@ -8,7 +8,7 @@ pickled. A request carries rows of ``image`` (base64 of the PNG, JPEG or DICOM b
     curl -X POST localhost:5002/invocations -H 'Content-Type: application/json' \\
       -d '{"dataframe_records": [{"image": "<base64 PNG>", "sex": "F", "chronological_age_months": 120}]}'
 
-A bad row (not an image, no hand, a bad sex or age) fails the request with HTTP 400 and a JSON
+A bad row (not an image, no hand, unlike the model's training films, a bad sex or age) fails the request with HTTP 400 and a JSON
 error naming the row and the reason, never a 500.
 """
 
@@ -23,7 +23,9 @@ class BoneAgeService(PythonModel):
     def load_context(self, context):
         from boneage.predict import Predictor
 
-        self.predictor = Predictor.from_files(context.artifacts["keras_model"], context.artifacts["predictor_config"])
+        self.predictor = Predictor.from_files(
+            context.artifacts["keras_model"], context.artifacts["predictor_config"], context.artifacts.get("ood_check")
+        )
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         from boneage.scoring import score_records

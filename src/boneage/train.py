@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from boneage import tracking
+from boneage import ood, tracking
 from boneage.config import Params
 from boneage.contracts import (
     CHECKPOINT_DIR,
@@ -26,6 +26,7 @@ from boneage.contracts import (
     HISTORY_FILE,
     MANIFEST_FILE,
     MODEL_FILE,
+    OOD_FILE,
     PREDICTOR_FILE,
     RUN_FILE,
     TARGET_FILE,
@@ -34,10 +35,10 @@ from boneage.contracts import (
     read_manifest,
     write_json_atomic,
 )
-from boneage.dataset import make_dataset, predict_split
+from boneage.dataset import make_dataset, predict_split, split_fit_data
 from boneage.errors import BoneageError
 from boneage.model import BoneAgeModel, MonthsMAE, build_model, from_train_model, make_loss, recalibrate_batchnorm
-from boneage.predict import PredictorConfig, calibrate
+from boneage.predict import PredictorConfig, calibrate_interval
 
 CHECKPOINT_MODEL_FILE = "train.keras"
 TRAINING_CURVE_FILE = "training_curve.png"
@@ -355,23 +356,29 @@ def _fit(params: Params, data: _Data, model: BoneAgeModel, ckpt_dir: Path, finge
 def _calibrate_and_save(
     params: Params, data: _Data, model: BoneAgeModel, data_dir: Path, out_dir: Path, provenance: dict
 ) -> BoneAgeModel:
-    """Fit the bias correction and the conformal interval on the validation residuals, then write
-    the model that reports months and its predictor.json."""
+    """Fit the bias correction and the conformal interval on the validation residuals and the
+    out-of-distribution check on the training films, then write the model that reports months,
+    its predictor.json and its check."""
     import mlflow
 
     tcfg = params.train
-    residuals = _validation_residuals(model, data_dir, data.manifest, params.preprocess.image_size, tcfg.batch_size)
-    correct = tcfg.correct_bias_on_val and len(residuals) >= tcfg.bias_correction_min_images
-    offset, halfwidth = calibrate(residuals, tcfg.interval_level, correct)
-    mlflow.log_metric("interval_halfwidth_months", halfwidth)
+    size, image_side = params.preprocess.image_size, tcfg.ood.image_side if tcfg.ood.enabled else None
+    val_pred, val_data = _validation_predictions(model, data_dir, data.manifest, size, tcfg.batch_size, image_side)
+    interval = calibrate_interval(val_pred["predicted"], val_pred["boneage"], tcfg, params.data.age_bands_years)
+    offset = interval.offset_months
+    mlflow.log_metric("interval_halfwidth_months", interval.halfwidth_months)
+    mlflow.log_metrics({f"interval_halfwidth_months_band{i}": w for i, w in enumerate(interval.band_halfwidths_months)})
     PredictorConfig(
         preprocess=params.preprocess.model_dump(mode="json"),
         max_image_pixels=params.data.max_image_pixels,
         use_sex=params.model.use_sex,
         interval_level=tcfg.interval_level,
-        interval_halfwidth_months=halfwidth,
+        interval_halfwidth_months=interval.halfwidth_months,
+        interval_band_edges_months=interval.band_edges_months,
+        interval_band_halfwidths_months=interval.band_halfwidths_months,
         provenance=provenance,
     ).write(out_dir / PREDICTOR_FILE)
+    fit_ood_check(model.predict, data_dir, out_dir, params, val_data)
     if offset:
         model = from_train_model(model.train, data.target_mean, data.target_sd, offset)
         mlflow.log_metric("val_bias_correction_months", offset)
@@ -381,6 +388,35 @@ def _calibrate_and_save(
         out_dir / TARGET_FILE, {"mean_months": data.target_mean, "sd_months": data.target_sd, "offset_months": offset}
     )
     return model
+
+
+def fit_ood_check(
+    predict_model: keras.Model, data_dir: Path, out_dir: Path, params: Params, val_data: ood.FitData | None = None
+) -> ood.OodCheck | None:
+    """Fit a model's out-of-distribution check (scores fitted on its training films, thresholds on
+    its validation films) and write it beside the model; None, and no file, when train.ood is off."""
+    import mlflow
+
+    path, cfg = Path(out_dir) / OOD_FILE, params.train.ood
+    if not cfg.enabled:
+        path.unlink(missing_ok=True)  # a check left by an earlier run would judge another model
+        return None
+    size, batch = params.preprocess.image_size, params.train.batch_size
+    _, train_data = split_fit_data(predict_model, data_dir, "train", size, batch, cfg.image_side, ood.QUARTER_TURNS)
+    if val_data is None:
+        _, val_data = split_fit_data(predict_model, data_dir, "val", size, batch, cfg.image_side, 1)
+    if train_data is None or val_data is None:
+        raise BoneageError(f"{data_dir}: the out-of-distribution check needs training and validation films")
+    check = ood.fit(train_data, val_data, cfg)
+    check.save(path)
+    if mlflow.active_run():
+        mlflow.log_metrics({f"ood_threshold_{part}": value for part, value in check.thresholds.items()})
+    print(
+        f"out-of-distribution check fitted on {check.train_films} training films, thresholds at the "
+        f"{cfg.quantile} quantile of {check.val_films} validation films",
+        file=sys.stderr,
+    )
+    return check
 
 
 def train(params: Params, data_dir: Path, out_dir: Path) -> TrainResult:
@@ -421,13 +457,17 @@ def train(params: Params, data_dir: Path, out_dir: Path) -> TrainResult:
     return TrainResult(out_dir / MODEL_FILE, run.info.run_id, len(history), best_val, start_epoch)
 
 
-def _validation_residuals(model: BoneAgeModel, data_dir: Path, manifest: pd.DataFrame, size: int, batch_size: int) -> np.ndarray:
-    """true - predicted months on the validation split (empty without one)."""
+def _validation_predictions(model: BoneAgeModel, data_dir: Path, manifest: pd.DataFrame, size: int, batch_size: int, image_side):
+    """(id, predicted, boneage of every validation film; what the out-of-distribution check needs from
+    them, or None without a check)."""
     val = manifest[manifest["split"] == "val"]
     if val.empty:
-        return np.array([])
-    pred = predict_split(model.predict, data_dir, "val", size, batch_size).merge(val[["id", "boneage"]], on="id")
-    return (pred["boneage"] - pred["predicted"]).to_numpy(dtype=float)
+        return pd.DataFrame(columns=["id", "predicted", "boneage"]), None
+    if image_side:
+        pred, data = split_fit_data(model.predict, data_dir, "val", size, batch_size, image_side, 1)
+    else:
+        pred, data = predict_split(model.predict, data_dir, "val", size, batch_size), None
+    return pred.merge(val[["id", "boneage"]], on="id", how="left"), data
 
 
 def boneage_version() -> str:
@@ -478,7 +518,11 @@ def _log_training_artifacts(model: BoneAgeModel, out_dir: Path, size: int, prove
         name="model",
         python_model=find_spec("boneage.serving").origin,
         signature=SIGNATURE,
-        artifacts={"keras_model": str(out_dir / MODEL_FILE), "predictor_config": str(out_dir / PREDICTOR_FILE)},
+        artifacts={
+            "keras_model": str(out_dir / MODEL_FILE),
+            "predictor_config": str(out_dir / PREDICTOR_FILE),
+            **({"ood_check": str(out_dir / OOD_FILE)} if (out_dir / OOD_FILE).is_file() else {}),
+        },
         pip_requirements=[*requirements, f"boneage=={boneage_version()}"],
         metadata={"boneage_provenance": provenance},  # travels with the model to serving and the cluster
     ).model_uri

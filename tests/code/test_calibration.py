@@ -54,3 +54,46 @@ def test_a_grad_cam_with_nothing_in_it_is_named_as_such():
     assert "does not depend" in cam_degenerate(np.zeros((32, 32), np.float32))
     assert "flat" in cam_degenerate(1.0 + 0.001 * rng.random((32, 32)).astype(np.float32))
     assert "not finite" in cam_degenerate(np.full((32, 32), np.nan, np.float32))
+
+
+def _heteroscedastic(rng, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted ages over 0-240 months whose errors are 3x wider in the oldest band, as on real films."""
+    predicted = rng.uniform(0, 240, n)
+    sd = np.where(predicted >= 168, 30.0, 10.0)
+    return predicted, rng.normal(0, sd)
+
+
+def test_band_conditional_widths_keep_coverage_within_each_band_where_one_width_does_not():
+    from boneage.config import TrainConfig
+    from boneage.predict import calibrate_interval
+    from boneage.predictor_config import PredictorConfig
+
+    rng = np.random.default_rng(1)
+    bands_years = (0, 2, 6, 10, 14, 19)
+    cfg = TrainConfig(correct_bias_on_val=False, interval_by_band=True, interval_min_band_films=100)
+    covered_by_band, pooled_oldest = {0: [], 4: []}, []
+    for _ in range(200):
+        predicted, residual = _heteroscedastic(rng, 2000)
+        interval = calibrate_interval(predicted, predicted + residual, cfg, bands_years)
+        config = PredictorConfig({}, 1, True, LEVEL, interval.halfwidth_months, interval.band_edges_months,
+                                 interval.band_halfwidths_months)  # fmt: skip
+        new_pred, new_res = _heteroscedastic(rng, 2000)
+        half = np.array([config.halfwidth(m) for m in new_pred])
+        for band, inside in ((0, new_pred < 24), (4, new_pred >= 168)):
+            covered_by_band[band].append(np.mean(np.abs(new_res[inside]) <= half[inside]))
+        pooled_oldest.append(np.mean(np.abs(new_res[new_pred >= 168]) <= interval.halfwidth_months))
+    for band, covered in covered_by_band.items():
+        assert np.mean(covered) >= LEVEL - 0.01, f"band {band}: coverage {np.mean(covered):.3f}"
+    assert np.mean(pooled_oldest) < LEVEL - 0.1, "one pooled width should under-cover the noisy band"
+    # Narrower where the model is better: the young band's width is well below the oldest band's.
+    assert interval.band_halfwidths_months[0] < 0.5 * interval.band_halfwidths_months[-1]
+
+
+def test_a_band_with_too_few_calibration_films_takes_the_pooled_width():
+    from boneage.predict import band_halfwidths
+
+    predicted = np.array([30.0] * 150 + [200.0] * 5)
+    scores = np.concatenate([np.linspace(-10, 10, 150), [90.0] * 5])
+    widths = band_halfwidths(predicted, scores, [0, 24, 72, 240], LEVEL, min_films=100, pooled=12.3)
+    assert widths[0] == 12.3 and widths[2] == 12.3  # no films, and 5 films: pooled
+    assert widths[1] < 12.3

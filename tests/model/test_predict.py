@@ -76,6 +76,10 @@ def trained(tmp_path_factory) -> SimpleNamespace:
     preprocess(params, result.manifest_path, tmp / "pre")
     trained = train(params, tmp / "pre", tmp / "models")
     manifest = pd.read_csv(tmp / "ingest" / "manifest.csv", dtype={"id": str})
+    predictor = Predictor.load(str(tmp / "models"))
+    test_ids = manifest.loc[manifest["split"] == "test", "id"]
+    test_films = [tmp / "synth" / "boneage-training-dataset" / f"{i}.png" for i in test_ids]
+    scored = predict_files(predictor, test_films, sex="F")
     return SimpleNamespace(
         tmp=tmp,
         params=params,
@@ -83,7 +87,12 @@ def trained(tmp_path_factory) -> SimpleNamespace:
         models=tmp / "models",
         run_id=trained.run_id,
         manifest=manifest,
-        predictor=Predictor.load(str(tmp / "models")),
+        predictor=predictor,
+        test_films=test_films,
+        # The test films the model's out-of-distribution check lets through: what the tests of the
+        # scoring mechanics score (the check's own refusals are tested on their own).
+        accepted=[Path(r.source) for r in scored if not r.rejected],
+        refused_test_films=sum(1 for r in scored if r.rejected),
     )
 
 
@@ -150,21 +159,82 @@ def test_grad_cam_mass_lies_mostly_on_the_hand(trained):
     assert np.median(fractions) > np.median(areas), "no more on the hand than its share of the image"
 
 
-def test_every_real_radiograph_gets_a_bone_age(trained):
+def _real_samples(predictor) -> list:
     root = require(RSNA_SAMPLE)
     labels = pd.read_csv(root / "boneage-training-dataset.csv", dtype={"id": str})
-    results = [
-        trained.predictor.score(
+    return [
+        predictor.score(
             read_radiograph(root / "boneage-training-dataset" / f"{row.id}.png", 10**8), row.id, "M" if row.male else "F"
         )
         for row in labels.itertuples()
     ]
+
+
+def test_without_its_check_every_real_radiograph_gets_a_bone_age(trained):
+    """The crop and the model on 40 real full-resolution films: a finite, distinct age for each, marked
+    as coming from a model that checks nothing."""
+    unchecked = Predictor(trained.predictor.model, trained.predictor.config, ood=None)
+    results = _real_samples(unchecked)
     assert len(results) == 40
     assert [r.source for r in results if r.rejected] == []
     ages = np.array([r.bone_age_months for r in results])
     assert np.isfinite(ages).all()
     assert all(r.interval_months[0] <= r.bone_age_months <= r.interval_months[1] for r in results)
     assert len(np.unique(ages.round(1))) > 10, "the films differ, so must their bone ages"
+    assert all("WITHOUT AN OUT-OF-DISTRIBUTION CHECK" in r.warning for r in results)
+
+
+def test_a_synthetic_trained_model_never_gives_a_real_film_an_unmarked_number(trained):
+    """The demo's kind of model on real films, with a chronological age: each film is refused as
+    unlike its training films, or scored with the synthetic marking and without SDS or call (how
+    often it refuses them is measured on the real films in benchmarks/bench_ood.py)."""
+    root = require(RSNA_SAMPLE)
+    labels = pd.read_csv(root / "boneage-training-dataset.csv", dtype={"id": str})
+    for row in labels.itertuples():
+        radiograph = read_radiograph(root / "boneage-training-dataset" / f"{row.id}.png", 10**8)
+        result = trained.predictor.score(radiograph, row.id, "M" if row.male else "F", 120.0)
+        if result.rejected:
+            assert result.rejected.startswith("out of distribution") and result.bone_age_months is None
+        else:
+            assert "SYNTHETIC-TRAINED MODEL" in result.warning and result.assessment is None, row.id
+            assert result.ood_score is not None and result.ood_score <= 1.0
+
+
+def test_its_own_held_out_films_mostly_pass_the_check(trained):
+    """Each of the check's 3 thresholds is the top of ~48 validation films' scores: a new film like them
+    is refused with probability about 3/49. Far more refusals than that means a broken check."""
+    val = int((trained.manifest["split"] == "val").sum())
+    n = len(trained.test_films)
+    allowed = stats.binom.ppf(0.999, n, 3 / (val + 1))
+    assert n >= 40 and trained.refused_test_films <= allowed, f"{trained.refused_test_films} of {n} refused"
+
+
+def _foreign_images(trained, tmp_path) -> dict[str, Path]:
+    from benchmarks.bench_ood import chest_image, noise_image, photo_crop, photographs
+
+    rng = np.random.default_rng(0)
+    film = cv2.imread(str(_synthetic(trained, 1)[0]), cv2.IMREAD_GRAYSCALE)
+    images = {
+        "hand turned 180 degrees": cv2.rotate(film, cv2.ROTATE_180),
+        "smooth noise": noise_image(rng, 256),
+        "chest-like drawing": chest_image(rng, 256),
+        "photograph": photo_crop(rng, photographs(), 256),
+    }
+    paths = {}
+    for kind, pixels in images.items():
+        paths[kind] = tmp_path / f"{kind.replace(' ', '-')}.png"
+        cv2.imwrite(str(paths[kind]), pixels)
+    return paths
+
+
+def test_images_it_was_not_made_for_are_refused_with_the_reason(trained, tmp_path):
+    foreign = _foreign_images(trained, tmp_path)
+    results = dict(zip(foreign, predict_files(trained.predictor, list(foreign.values()), sex="F"), strict=True))
+    for kind, result in results.items():
+        assert result.rejected, f"{kind} was scored: {result.bone_age_months} months, score {result.ood_score}"
+        assert result.bone_age_months is None and result.interval_months is None
+    # The upside-down hand passes the crop (it is a hand): the check is what refuses it.
+    assert results["hand turned 180 degrees"].rejected.startswith("out of distribution")
 
 
 def test_batched_prediction_equals_one_at_a_time_and_keeps_order(trained, tmp_path):
@@ -183,8 +253,9 @@ def test_batched_prediction_equals_one_at_a_time_and_keeps_order(trained, tmp_pa
 
 
 def _synthetic(trained, n: int) -> list[Path]:
-    ids = trained.manifest.loc[trained.manifest["split"] == "test", "id"].head(n)
-    return [trained.tmp / "synth" / "boneage-training-dataset" / f"{i}.png" for i in ids]
+    """The first ``n`` held-out synthetic films that the model's check accepts."""
+    assert len(trained.accepted) >= n
+    return trained.accepted[:n]
 
 
 def test_cli_predict_json_with_sds_and_report(trained, clinical, tmp_path):
@@ -300,7 +371,9 @@ def test_rest_round_trip_through_the_readme_serving_command(trained, tmp_path):
         # The registered model was trained on synthetic films: marked, and no clinical call.
         assert "SYNTHETIC-TRAINED MODEL" in row["warning"] and row["call"] is None and row["sds"] is None
 
+        upside_down = cv2.imencode(".png", cv2.rotate(cv2.imread(str(png), cv2.IMREAD_GRAYSCALE), cv2.ROTATE_180))[1]
         for bad, why in [
+            ({**record, "image": base64.b64encode(upside_down.tobytes()).decode()}, "out of distribution"),
             ({**record, "sex": "X"}, "not M or F"),
             ({**record, "image": base64.b64encode(b"hello").decode()}, "row 0"),
             ({**record, "image": "***"}, "base64"),

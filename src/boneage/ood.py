@@ -1,0 +1,235 @@
+"""Does an input look like the films the model was trained on? The out-of-distribution check each
+model carries, fitted after training and applied before any bone age is given.
+
+Three scores, each fitted on the training films, each with its threshold at a quantile of the
+validation films' scores (which fitted nothing); an input above any threshold is refused:
+
+- ``features``: the Mahalanobis distance of the backbone's pooled features (what the regression
+  head sees) from the training films';
+- ``image``: the Mahalanobis distance of an image signature (a small thumbnail of the prepared
+  image, of its horizontal and vertical gradients, and a histogram of its Laplacian): layout,
+  contrast and texture, which features pooled from a small input keep little of;
+- ``orientation``: how unsure a classifier, trained to tell the training films from the same films
+  turned by 90, 180 and 270 degrees, is that the input is upright (self-supervised rotation
+  prediction, as in Hendrycks et al., NeurIPS 2019). A hand upside down looks like a hand to the
+  other two.
+
+Covariances are Ledoit-Wolf shrunk (thousands of features, thousands of films: the sample
+covariance is singular). Scores are reported as a ratio to their threshold: above 1 is refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from boneage.config import OodConfig
+from boneage.errors import BoneageError
+
+# The layer whose output the regression head reads (boneage.model names it).
+POOL_LAYER = "pool"
+PARTS = ("features", "image", "orientation")
+PART_NAMES = {"features": "the model's features", "image": "layout and texture", "orientation": "orientation"}
+# The Laplacian histogram of the image signature: bins over log(1 + |Laplacian|) of 0..255 pixels.
+LAPLACIAN_BINS = 16
+LAPLACIAN_LOG_RANGE = (0.0, 7.0)
+QUARTER_TURNS = 4
+
+
+def scoring_model(predict_model):
+    """The predict model with a second output: the pooled backbone features. One forward pass
+    gives the bone age and what the check needs."""
+    import keras
+
+    pool = predict_model.get_layer(POOL_LAYER)
+    # A Flatten head (the seed recipe) has a spatial grid of features: averaged in `pooled`.
+    features = pool.input if isinstance(pool, keras.layers.Flatten) else pool.output
+    return keras.Model(predict_model.input, [predict_model.output, features], name="boneage_with_features")
+
+
+def pooled(features: np.ndarray) -> np.ndarray:
+    features = np.asarray(features, dtype=np.float32)
+    return features.mean(axis=(1, 2)) if features.ndim == 4 else features.reshape(len(features), -1)
+
+
+def image_signature(images: np.ndarray, side: int) -> np.ndarray:
+    """Prepared uint8 images [N, S, S(, 1)] -> [N, 3*side*side + LAPLACIAN_BINS]: thumbnails of the
+    image and of its absolute gradients (area averaged), and the Laplacian's histogram."""
+    import cv2
+
+    images = np.asarray(images).reshape(len(images), images.shape[1], images.shape[2])
+    rows = []
+    for image in images:
+        x = image.astype(np.float32)
+        grad_x, grad_y = np.abs(cv2.Sobel(x, cv2.CV_32F, 1, 0)), np.abs(cv2.Sobel(x, cv2.CV_32F, 0, 1))
+        laplacian = np.log1p(np.abs(cv2.Laplacian(x, cv2.CV_32F)))
+        histogram = np.histogram(laplacian, LAPLACIAN_BINS, LAPLACIAN_LOG_RANGE)[0] * (255.0 / x.size)
+        thumbs = [cv2.resize(a, (side, side), interpolation=cv2.INTER_AREA).ravel() for a in (x, grad_x, grad_y)]
+        rows.append(np.concatenate([*thumbs, histogram]))
+    return np.asarray(rows, dtype=np.float32) / np.float32(255.0)
+
+
+def turned(images: np.ndarray, quarter_turns: int) -> np.ndarray:
+    return np.rot90(np.asarray(images), quarter_turns, axes=(1, 2))
+
+
+@dataclass(frozen=True)
+class Gaussian:
+    """A Mahalanobis distance from the training films (standardised, Ledoit-Wolf precision)."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    precision: np.ndarray
+
+    @classmethod
+    def fit(cls, samples: np.ndarray, sd_floor_fraction: float) -> Gaussian:
+        from sklearn.covariance import LedoitWolf
+
+        samples = np.asarray(samples, dtype=np.float64)
+        mean, sd = samples.mean(axis=0), samples.std(axis=0)
+        # Features (nearly) constant on the training films, such as a ReLU channel that never
+        # fires, would otherwise turn any activation into an enormous distance.
+        floor = sd_floor_fraction * float(np.median(sd[sd > 0])) if (sd > 0).any() else 1.0
+        scale = np.maximum(sd, floor)
+        precision = LedoitWolf(store_precision=True, assume_centered=True).fit((samples - mean) / scale).precision_
+        return cls(mean.astype(np.float32), scale.astype(np.float32), precision.astype(np.float32))
+
+    def distance(self, samples: np.ndarray) -> np.ndarray:
+        """Per sample, divided by sqrt(dimensions) so that typical films sit near 1."""
+        z = (np.asarray(samples, dtype=np.float32) - self.mean) / self.scale
+        return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", z, self.precision, z, optimize=True), 0.0) / z.shape[1])
+
+
+@dataclass(frozen=True)
+class Orientation:
+    """Multinomial logistic regression over quarter turns of the image signature; the score is
+    -log P(upright)."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    coef: np.ndarray  # [QUARTER_TURNS, features]
+    intercept: np.ndarray  # [QUARTER_TURNS]
+
+    @classmethod
+    def fit(cls, signatures_by_turn: list[np.ndarray], cfg: OodConfig) -> Orientation:
+        from sklearn.linear_model import LogisticRegression
+
+        x = np.concatenate(signatures_by_turn).astype(np.float64)
+        y = np.repeat(np.arange(len(signatures_by_turn)), [len(s) for s in signatures_by_turn])
+        mean, scale = x.mean(axis=0), np.maximum(x.std(axis=0), np.finfo(np.float32).eps)
+        fitted = LogisticRegression(C=cfg.orientation_regularisation, max_iter=cfg.orientation_max_iterations)
+        fitted.fit((x - mean) / scale, y)
+        return cls(mean.astype(np.float32), scale.astype(np.float32), fitted.coef_.astype(np.float32), fitted.intercept_)
+
+    def score(self, signatures: np.ndarray) -> np.ndarray:
+        logits = ((np.asarray(signatures, dtype=np.float32) - self.mean) / self.scale) @ self.coef.T + self.intercept
+        logits = logits - logits.max(axis=1, keepdims=True)
+        return -(logits[:, 0] - np.log(np.exp(logits).sum(axis=1)))
+
+
+@dataclass(frozen=True)
+class OodCheck:
+    features: Gaussian
+    image: Gaussian
+    orientation: Orientation
+    thresholds: dict[str, float]
+    quantile: float
+    image_side: int
+    train_films: int
+    val_films: int
+
+    def raw_scores(self, features: np.ndarray, images: np.ndarray) -> dict[str, np.ndarray]:
+        signatures = image_signature(images, self.image_side)
+        return {
+            "features": self.features.distance(pooled(features)),
+            "image": self.image.distance(signatures),
+            "orientation": self.orientation.score(signatures),
+        }
+
+    def scores(self, features: np.ndarray, images: np.ndarray) -> np.ndarray:
+        """Per input: its largest score as a multiple of that score's threshold (above 1: refused)."""
+        raw = self.raw_scores(features, images)
+        return np.max(np.stack([raw[p] / self.thresholds[p] for p in PARTS]), axis=0)
+
+    def refusal(self, features: np.ndarray, images: np.ndarray) -> list[str | None]:
+        """Per input, the reason it is refused, or None when it passes."""
+        raw = self.raw_scores(features, images)
+        reasons: list[str | None] = []
+        for i in range(len(images)):
+            worst = max(PARTS, key=lambda p: raw[p][i] / self.thresholds[p])
+            ratio = raw[worst][i] / self.thresholds[worst]
+            reasons.append(
+                None
+                if ratio <= 1.0
+                else (
+                    f"out of distribution: the image does not look like this model's training films "
+                    f"({PART_NAMES[worst]}: {ratio:.1f}x the threshold set on its validation films); "
+                    "it is not a left-hand radiograph of the kind the model can rate"
+                )
+            )
+        return reasons
+
+    def save(self, path: Path) -> None:
+        from boneage.contracts import atomic_path
+
+        arrays = {f"{part}.{k}": v for part in PARTS for k, v in getattr(self, part).__dict__.items()}
+        arrays |= {f"threshold.{p}": self.thresholds[p] for p in PARTS}
+        arrays |= {k: getattr(self, k) for k in ("quantile", "image_side", "train_films", "val_films")}
+        with atomic_path(Path(path)) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+
+    @classmethod
+    def load(cls, path: Path) -> OodCheck:
+        try:
+            with np.load(Path(path), allow_pickle=False) as f:
+
+                def part(kind, name):
+                    return kind(**{k: f[f"{name}.{k}"] for k in kind.__dataclass_fields__})
+
+                return cls(
+                    features=part(Gaussian, "features"),
+                    image=part(Gaussian, "image"),
+                    orientation=part(Orientation, "orientation"),
+                    thresholds={p: float(f[f"threshold.{p}"]) for p in PARTS},
+                    quantile=float(f["quantile"]),
+                    image_side=int(f["image_side"]),
+                    train_films=int(f["train_films"]),
+                    val_films=int(f["val_films"]),
+                )
+        except (OSError, KeyError, ValueError) as exc:
+            raise BoneageError(f"{path}: not a boneage out-of-distribution check ({exc})") from None
+
+
+@dataclass
+class FitData:
+    """What fitting a check needs from a split: pooled features and image signatures (for the
+    training split, of each quarter turn too)."""
+
+    features: np.ndarray
+    signatures_by_turn: list[np.ndarray]
+
+
+def fit(train: FitData, val: FitData, cfg: OodConfig) -> OodCheck:
+    """Fit the three scores on the training films and set each threshold on the validation films, at
+    the quantile that keeps the share of validation films refused by any of them near 1 - quantile."""
+    if len(train.features) < 2 or len(val.features) < 1:
+        raise BoneageError(
+            f"the out-of-distribution check needs training and validation films (got {len(train.features)} and "
+            f"{len(val.features)}); set train.ood.enabled: false to train without one"
+        )
+    features = Gaussian.fit(train.features, cfg.sd_floor_fraction)
+    image = Gaussian.fit(train.signatures_by_turn[0], cfg.sd_floor_fraction)
+    orientation = Orientation.fit(train.signatures_by_turn, cfg)
+    raw = {
+        "features": features.distance(val.features),
+        "image": image.distance(val.signatures_by_turn[0]),
+        "orientation": orientation.score(val.signatures_by_turn[0]),
+    }
+    # A Bonferroni share of the refusals for each score.
+    each = 1.0 - (1.0 - cfg.quantile) / len(PARTS)
+    tiny = float(np.finfo(np.float32).tiny)  # a score that is 0 on every validation film must not divide by 0
+    thresholds = {p: max(float(np.quantile(raw[p], each, method="higher")), tiny) for p in PARTS}
+    films = len(train.features), len(val.features)
+    return OodCheck(features, image, orientation, thresholds, cfg.quantile, cfg.image_side, *films)
