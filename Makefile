@@ -16,15 +16,15 @@ APT_PACKAGES := git postgresql chromium
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 MLFLOW_PORT ?= 5000
 
-# The images the Kubeflow steps run in. `make image` pushes exactly the name `make compile` bakes
-# into the pipeline; the default matches params.yaml's kfp.image.
+# The images the Kubeflow steps run in. `make push` pushes exactly the names `make compile` bakes
+# into the pipeline; the defaults match params.yaml's kfp.image and kfp.cpu_image.
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 REGISTRY ?= ghcr.io/boneage
 IMAGE ?= $(REGISTRY)/boneage-gpu:$(VERSION)
 IMAGE_CPU ?= $(REGISTRY)/boneage-cpu:$(VERSION)
 PIPELINE_YAML ?= pipeline/boneage-pipeline.yaml
 
-.PHONY: setup system-deps test test-fast demo pipeline real-data bench-real bench-demo bench-ood plots bench bench-gpu mlflow-ui serve lint clean help services services-down image lint-docker compile kfp-local submit
+.PHONY: setup system-deps test test-fast demo pipeline real-data bench-real bench-demo bench-ood plots bench bench-gpu mlflow-ui serve lint clean help services services-down image lint-docker compile kfp-local submit docker-ready base-image ca-certificates image-gpu push test-containers
 
 help:
 	@echo "make setup   install system packages and the pinned Python environment in $(VENV)"
@@ -36,7 +36,9 @@ help:
 	@echo "make bench-gpu   training images/s on an NVIDIA GPU (benchmarks/gpu.sh)"
 	@echo "make mlflow-ui / make plots   look at the runs and the DVC plots"
 	@echo "make serve [MODEL=models:/NAME@champion] [PORT=5002]   the registered model as a REST endpoint"
-	@echo "make image REGISTRY=...   build and push the GPU and CPU images (needs Docker)"
+	@echo "make image [BASE_IMAGE=...]   build the CPU image (make base-image: a Debian base made here, offline)"
+	@echo "make image-gpu / make push REGISTRY=...   build the GPU image / build both and push them"
+	@echo "make test-containers   the Kubeflow pipeline with every step in the CPU image (Docker)"
 	@echo "make compile REGISTRY=... / make submit KFP_HOST=...   the Kubeflow pipeline on a cluster"
 	@echo "make kfp-local   the Kubeflow pipeline here, with kfp.local"
 	@echo "make services / make services-down   PostgreSQL, a GCS emulator and an MLflow server on 127.0.0.1"
@@ -73,7 +75,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow and not containers"
 
 # The whole pipeline on whatever params.yaml says (as committed: the embedded synthetic dataset).
 demo: setup
@@ -147,18 +149,52 @@ bench-gpu:
 	  { echo "error: TensorFlow sees no GPU here; on a GPU machine: make setup EXTRAS=gpu,services,dev (fresh clone)"; exit 1; }
 	benchmarks/gpu.sh
 
-image:
-	@command -v docker >/dev/null || { echo "error: docker not found: build on a machine with Docker, or hand Dockerfile to Cloud Build or kaniko, tagging $(IMAGE)"; exit 1; }
-	docker build -f Dockerfile -t $(IMAGE) .
-	docker push $(IMAGE)
-	docker build -f Dockerfile.cpu -t $(IMAGE_CPU) .
+# The images (one Dockerfile): the CPU image for every step but training, the GPU image for training.
+# BASE_IMAGE: python:3.11-slim-bookworm where a registry is reachable, or the Debian base made here
+# (make base-image; then make image BASE_IMAGE=$(LOCAL_BASE)). CA_CERTS: a folder of extra *.crt files
+# the build must trust (a corporate proxy's).
+BASE_IMAGE ?= python:3.11-slim-bookworm
+GPU_BASE_IMAGE ?= tensorflow/tensorflow:2.21.0-gpu
+LOCAL_BASE := boneage-base:bookworm
+CA_CERTS ?=
+GIT_COMMIT = $(shell git rev-parse HEAD 2>/dev/null || echo unknown)$(shell git diff --quiet HEAD -- src pyproject.toml requirements.lock Dockerfile 2>/dev/null || echo -dirty)
+LOCK_SHA256 = $(shell sha256sum requirements.lock | cut -c1-64)
+BUILD_ARGS = --build-arg GIT_COMMIT=$(GIT_COMMIT) --build-arg VERSION=$(VERSION) --build-arg LOCK_SHA256=$(LOCK_SHA256)
+
+docker-ready:
+	@docker/ensure-docker.sh
+
+base-image: docker-ready
+	docker/base-image.sh $(LOCAL_BASE)
+
+ca-certificates:
+	@rm -f docker/ca-certificates/*.crt
+	@if [ -n "$(CA_CERTS)" ]; then cp $(CA_CERTS)/*.crt docker/ca-certificates/ && echo "extra CA certificates: $$(ls docker/ca-certificates/*.crt | wc -l) from $(CA_CERTS)"; fi
+
+image: docker-ready ca-certificates
+	DOCKER_BUILDKIT=0 docker build -q --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg EXTRAS=cpu $(BUILD_ARGS) -t $(IMAGE_CPU) .
+	@docker image ls $(IMAGE_CPU) --format '{{.Repository}}:{{.Tag}} {{.Size}}'
+
+image-gpu: docker-ready ca-certificates
+	DOCKER_BUILDKIT=0 docker build -q --build-arg BASE_IMAGE=$(GPU_BASE_IMAGE) --build-arg EXTRAS= \
+	  --build-arg VENV_FLAGS=--system-site-packages $(BUILD_ARGS) -t $(IMAGE) .
+
+push: image image-gpu
 	docker push $(IMAGE_CPU)
+	docker push $(IMAGE)
+
+# The whole Kubeflow pipeline with every step in the CPU image (kfp.local's DockerRunner), against
+# the service stack; installs Docker from Debian and builds the local base and the image if needed.
+test-containers: setup docker-ready
+	$(MAKE) base-image
+	$(MAKE) image BASE_IMAGE=$(LOCAL_BASE) CA_CERTS=$(or $(CA_CERTS),$(wildcard /usr/local/share/ca-certificates))
+	$(BIN)/python -m pytest -m containers tests/test_pipelines.py
 
 lint-docker: setup
-	$(BIN)/hadolint Dockerfile Dockerfile.cpu
+	$(BIN)/hadolint Dockerfile
 
 compile: setup
-	boneage pipeline compile --out $(PIPELINE_YAML) --set kfp.image=$(IMAGE)
+	boneage pipeline compile --out $(PIPELINE_YAML) --set kfp.image=$(IMAGE) --set kfp.cpu_image=$(IMAGE_CPU)
 
 kfp-local: setup
 	boneage pipeline run-local

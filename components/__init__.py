@@ -18,7 +18,17 @@ from components.train import train
 STEPS = (ingest, preprocess, train, evaluate, register)
 
 
-def build(image: str) -> SimpleNamespace:
-    """The five components, all running in ``image``. The image already holds kfp and boneage,
-    so nothing is pip-installed when a pod starts (clusters need not reach PyPI)."""
-    return SimpleNamespace(**{step.__name__: dsl.component(step, base_image=image, install_kfp_package=False) for step in STEPS})
+GPU_STEPS = ("train",)
+
+
+def build(gpu_image: str, cpu_image: str) -> SimpleNamespace:
+    """The five components: training in ``gpu_image``, the others in ``cpu_image``. The images already
+    hold kfp and boneage, so nothing is pip-installed when a pod starts (clusters need not reach PyPI)."""
+    return SimpleNamespace(
+        **{
+            step.__name__: dsl.component(
+                step, base_image=gpu_image if step.__name__ in GPU_STEPS else cpu_image, install_kfp_package=False
+            )
+            for step in STEPS
+        }
+    )

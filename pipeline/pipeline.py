@@ -18,10 +18,15 @@ GCS_KEY_DIR = "/var/secrets/google"
 GCS_KEY_FILE = "key.json"
 
 
+def _sized(task, params: Params, step: str):
+    """The CPU step's requests (kfp.step_resources)."""
+    size = params.kfp.step_resources[step]
+    return task.set_cpu_request(size.cpu).set_memory_request(size.memory)
+
+
 def _network_step(task, params: Params, retries: int | None = None):
-    """CPU and memory, retries with backoff, and the credentials for GCS and MLflow."""
+    """Retries with backoff, and the credentials for GCS and MLflow."""
     cfg = params.kfp
-    task.set_cpu_request(cfg.step_cpu).set_memory_request(cfg.step_memory)
     task.set_retry(cfg.retries if retries is None else retries, backoff_duration=cfg.retry_backoff, backoff_factor=2)
     if cfg.mlflow_secret:
         kubernetes.use_secret_as_env(task, cfg.mlflow_secret.name, cfg.mlflow_secret.keys_to_env, optional=True)
@@ -33,7 +38,7 @@ def _network_step(task, params: Params, retries: int | None = None):
 
 def build(params: Params):
     cfg = params.kfp
-    steps = components.build(cfg.image)
+    steps = components.build(cfg.image, cfg.cpu_image)
     # One line of JSON (which is YAML): KFP copies defaults into a comment header that a multi-line
     # value would break.
     params_text = json.dumps(params.model_dump(mode="json"), sort_keys=True)
@@ -55,10 +60,10 @@ def build(params: Params):
         params_yaml: str = params_text,
     ):
         ingest = steps.ingest(params_yaml=params_yaml, source_uri=source_uri, data_version=data_version)
-        _network_step(ingest, params).set_display_name("ingest")
+        _sized(_network_step(ingest, params), params, "ingest").set_display_name("ingest")
 
         preprocess = steps.preprocess(params_yaml=params_yaml, image_size=image_size, raw=ingest.outputs["dataset"])
-        preprocess.set_cpu_request(cfg.step_cpu).set_memory_request(cfg.step_memory).set_display_name("preprocess")
+        _sized(preprocess, params, "preprocess").set_display_name("preprocess")
 
         train = steps.train(
             params_yaml=params_yaml,
@@ -88,7 +93,7 @@ def build(params: Params):
             data=preprocess.outputs["tfrecords"],
             model=train.outputs["model"],
         )
-        _network_step(evaluate, params).set_display_name("evaluate")
+        _sized(_network_step(evaluate, params), params, "evaluate").set_display_name("evaluate")
 
         # The registry decision depends on the champion at the time: never served from the cache.
         register = steps.register(
@@ -100,6 +105,7 @@ def build(params: Params):
             model=train.outputs["model"],
             evaluation=evaluate.outputs["evaluation"],
         )
-        _network_step(register, params).set_display_name("register").set_caching_options(enable_caching=False)
+        _sized(_network_step(register, params), params, "register").set_display_name("register")
+        register.set_caching_options(enable_caching=False)
 
     return boneage_pipeline

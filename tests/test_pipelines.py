@@ -280,3 +280,89 @@ def metric_values_shown(text: str, metric: str) -> list[float]:
                 with contextlib.suppress(ValueError):
                     values.append(float(cell))
     return values
+
+
+def _image_labels(image: str) -> dict[str, str]:
+    proc = subprocess.run(
+        ["docker", "image", "inspect", image, "--format", "{{json .Config.Labels}}"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, f"no image {image}: run `make test-containers` (it builds it)\n{proc.stderr}"
+    return json.loads(proc.stdout)
+
+
+@pytest.mark.containers
+def test_kfp_pipeline_with_every_step_in_the_image(project, stack, stack_env, tmp_path):
+    """`boneage pipeline run-local --runner docker`: ingest, preprocess, train, evaluate and register
+    each in a container of the CPU image `make image` built, logging to the service stack. The run's
+    tags come from inside the image (its own labels), the commit is the real one, the metrics agree
+    with `dvc repro`, and the registered model loads."""
+    from boneage.config import load_params
+
+    work, env, _ = project
+    image = load_params(REPO / "params.yaml").kfp.cpu_image
+    labels = _image_labels(image)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+    assert labels["org.opencontainers.image.revision"].startswith(head), labels
+    lock = __import__("hashlib").sha256((REPO / "requirements.lock").read_bytes()).hexdigest()
+    assert labels["io.boneage.lock-sha256"] == lock, "the image was built from another lock: make image"
+
+    root = tmp_path / "docker"
+    proc = run(
+        ["boneage", "pipeline", "run-local", "--runner", "docker", "--project-dir", str(REPO), "--pipeline-root", str(root)],
+        work,
+        env,
+    )
+    assert "local pipeline run finished" in proc.stdout
+
+    def artifact(step: str, name: str) -> Path:
+        return sorted(root.glob(f"*/{step}/{name}"))[-1]
+
+    # The subprocess runner agrees with `dvc repro` within the same tolerance (the slow test in
+    # make test): agreeing with dvc here makes the three agree.
+    metrics = json.loads((artifact("evaluate", "evaluation") / "metrics.json").read_text())
+    dvc_metrics = json.loads((work / "reports" / "metrics.json").read_text())
+    for split in ("val", "test"):
+        assert metrics[split]["mae"] == pytest.approx(dvc_metrics[split]["mae"], abs=PARITY_MAE_MONTHS), split
+    run_id = json.loads((artifact("train", "model") / "run.json").read_text())["run_id"]
+    decision = json.loads((artifact("register", "decision") / "registry.json").read_text())
+
+    client = mlflow.MlflowClient(tracking_uri=stack.mlflow_uri)
+    tags = client.get_run(run_id).data.tags
+    # Set from the image's environment: only a step inside the image can have logged these.
+    assert tags["image.lock_sha256"] == labels["io.boneage.lock-sha256"]
+    assert tags["image.version"] == labels["org.opencontainers.image.version"]
+    assert tags["git.commit"] == labels["org.opencontainers.image.revision"] != "unknown"
+    mlflow.set_tracking_uri(stack.mlflow_uri)
+    model = mlflow.pyfunc.load_model(f"models:/{decision['model']}/{decision['version']}")
+    assert model.metadata.metadata["boneage_provenance"]["dataset_kind"] == "synthetic"
+
+
+# What the image copies from the build context: nothing else may reach it (no .services/ password
+# file, no .env, no key file that happens to lie in the checkout).
+IMAGE_PROJECT_FILES = {"README.md", "pyproject.toml", "requirements.lock", "requirements.py", "requirements.txt", "src"}
+SECRET_MARKERS_IN_IMAGE = ("PRIVATE KEY", "private_key_id", "MLFLOW_TRACKING_PASSWORD", "GOOGLE_APPLICATION_CREDENTIALS")
+
+
+@pytest.mark.containers
+def test_the_image_runs_as_a_non_root_user_and_holds_no_secrets():
+    """`boneage --help` works as uid 1000; the image's history and config name no credential, and
+    the only project files in it are the ones the Dockerfile means to copy."""
+    from boneage.config import load_params
+
+    image = load_params(REPO / "params.yaml").kfp.cpu_image
+    proc = subprocess.run(["docker", "run", "--rm", image, "sh", "-c", "id -u && boneage --help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.splitlines()[0] == "1000" and "Usage: boneage" in proc.stdout, proc.stderr
+    history = subprocess.run(["docker", "history", "--no-trunc", image], capture_output=True, text=True, check=True).stdout
+    config = subprocess.run(["docker", "image", "inspect", image], capture_output=True, text=True, check=True).stdout
+    for text, where in ((history, "history"), (config, "config")):
+        assert not [m for m in SECRET_MARKERS_IN_IMAGE if m in text], f"a credential in the image's {where}"
+    listed = subprocess.run(
+        ["docker", "run", "--rm", image, "ls", "-A", "/opt/boneage"], capture_output=True, text=True, check=True
+    )
+    assert set(listed.stdout.split()) == IMAGE_PROJECT_FILES
+    keys = subprocess.run(
+        ["docker", "run", "--rm", image, "sh", "-c",
+         "grep -rlsE 'BEGIN (RSA )?PRIVATE KEY|private_key_id' /opt/boneage /home /tmp | head"],
+        capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    assert keys.strip() == "", f"key material in the image: {keys}"

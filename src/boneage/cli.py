@@ -348,6 +348,12 @@ def pipeline_run_local(
         "local_outputs"
     ),
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="reuse kfp.local's cached step outputs")] = False,
+    runner: Annotated[
+        str, typer.Option("--runner", help="subprocess: this environment; docker: each step in a container of --image")
+    ] = "subprocess",
+    image: Annotated[
+        str | None, typer.Option("--image", help="with --runner docker: the image (default: kfp.cpu_image, from make image)")
+    ] = None,
     source: SourceArg = None,
     data_version: DataVersionArg = None,
     image_size: ImageSizeArg = None,
@@ -357,11 +363,14 @@ def pipeline_run_local(
     experiment: ExperimentArg = None,
     set_: SetOption = None,
 ) -> None:
-    """Run the whole pipeline here with kfp.local (SubprocessRunner, this environment, CPU)."""
+    """Run the whole pipeline here with kfp.local, on CPU: each step in this environment, or with
+    --runner docker in its own container of the project's image."""
     from boneage.kfp_runner import run_local
 
     args = _pipeline_arguments(source, data_version, image_size, epochs, backbone, None, None, mlflow_uri, experiment)
-    result = run_local(load_params(params, _overrides(set_)), args, pipeline_root, project_dir, enable_caching=cache)
+    result = run_local(
+        load_params(params, _overrides(set_)), args, pipeline_root, project_dir, enable_caching=cache, runner=runner, image=image
+    )
     typer.echo(f"local pipeline run finished in {result.wall_seconds:.0f} s; artifacts under {result.pipeline_root}")
     if result.step_seconds:
         steps = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in result.step_seconds.items())

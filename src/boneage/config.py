@@ -245,12 +245,19 @@ class SecretEnv(_Strict):
     keys_to_env: dict[str, str]
 
 
+class StepResources(_Strict):
+    cpu: str
+    memory: str
+
+
 class KfpConfig(_Strict):
     """How the Kubeflow pipeline is built: the image, the GPU node pool and the secrets.
     The run-time choices (data, image size, epochs, backbone, GPUs, MLflow) are pipeline parameters."""
 
-    # The image every component runs in; `make image` builds and pushes this very name.
+    # The images the components run in; `make push` pushes these very names. Only training (the
+    # step with the GPU) runs the GPU image; every other step runs the CPU image.
     image: str = "ghcr.io/boneage/boneage-gpu:0.1.0"
+    cpu_image: str = "ghcr.io/boneage/boneage-cpu:0.1.0"
     pipeline_name: str = "boneage"
     gpu_type: str = "nvidia.com/gpu"
     gpu_count: Annotated[int, Field(ge=0)] = 1
@@ -259,8 +266,14 @@ class KfpConfig(_Strict):
     gpu_tolerations: tuple[Toleration, ...] = (Toleration(key="nvidia.com/gpu"),)
     train_cpu: str = "8"
     train_memory: str = "32G"
-    step_cpu: str = "4"
-    step_memory: str = "16G"
+    # Requests of the CPU steps, sized to what they measurably use (peak memory and CPU time per
+    # second of wall time on the demo; benchmarks/results.json "containers") with headroom for real data.
+    step_resources: dict[str, StepResources] = {
+        "ingest": StepResources(cpu="1", memory="2G"),
+        "preprocess": StepResources(cpu="2", memory="4G"),
+        "evaluate": StepResources(cpu="2", memory="4G"),
+        "register": StepResources(cpu="500m", memory="2G"),
+    }
     # Steps that talk to GCS or MLflow over the network are retried; training resumes from its checkpoint.
     retries: Annotated[int, Field(ge=0)] = 3
     retry_backoff: str = "60s"

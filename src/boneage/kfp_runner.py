@@ -48,6 +48,8 @@ class LocalRun:
     wall_seconds: float
     # Each step's own work (kfp_steps' work_seconds), read back from kfp.local's executor outputs.
     step_seconds: dict[str, float] = field(default_factory=dict)
+    # And what each step used: peak memory and CPU time per second of work.
+    step_usage: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def overhead_seconds(self) -> float:
@@ -55,20 +57,70 @@ class LocalRun:
         return self.wall_seconds - sum(self.step_seconds.values())
 
 
-def step_work_seconds(run_dir: Path) -> dict[str, float]:
-    """{task: work_seconds} from the executor_output.json that kfp.local leaves in each task's folder."""
-    seconds = {}
+def step_usage(run_dir: Path) -> dict[str, dict[str, float]]:
+    """{task: {work_seconds, peak_memory_mb, cpu_seconds_per_second}} from the executor_output.json
+    that kfp.local leaves in each task's folder (what kfp_steps records on each step's artifact)."""
+    keys = ("work_seconds", "peak_memory_mb", "cpu_seconds_per_second")
+    usage = {}
     for output_file in sorted(Path(run_dir).glob("*/executor_output.json")):
         outputs = json.loads(output_file.read_text()).get("artifacts", {})
         for artifact_list in outputs.values():
             for artifact in artifact_list.get("artifacts", []):
-                if "work_seconds" in artifact.get("metadata", {}):
-                    seconds[output_file.parent.name] = float(artifact["metadata"]["work_seconds"])
-    return seconds
+                metadata = artifact.get("metadata", {})
+                if "work_seconds" in metadata:
+                    usage[output_file.parent.name] = {k: float(metadata[k]) for k in keys if k in metadata}
+    return usage
+
+
+def step_work_seconds(run_dir: Path) -> dict[str, float]:
+    """{task: work_seconds}: each step's own work, without process starts, imports and copies."""
+    return {task: u["work_seconds"] for task, u in step_usage(run_dir).items()}
 
 
 def _artifact_path(value) -> str:
     return getattr(value, "path", None) or str(value)
+
+
+RUNNERS = ("subprocess", "docker")
+# What a step in a container needs from this shell's environment: the MLflow server's credentials
+# and the GCS emulator (`boneage services env`). Nothing else of the host's environment goes in.
+CONTAINER_ENV_PASSTHROUGH = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "STORAGE_EMULATOR_HOST",
+    "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+)
+
+
+def docker_runner(image: str, source: str):
+    """kfp.local's DockerRunner for the project's image. Containers share the host's network, so
+    services on 127.0.0.1 (MLflow, the GCS emulator) are the same address inside; they run as this
+    user, so the artifacts they write under the pipeline root are this user's; a local data source is
+    mounted read-only at its own path."""
+    import os
+
+    from kfp import local
+
+    try:
+        import docker
+
+        client = docker.from_env()
+        client.ping()
+        client.images.get(image)
+    except ImportError:
+        raise BoneageError("the docker runner needs the `docker` Python package (make setup installs it)") from None
+    except Exception as exc:  # docker.errors.DockerException and friends: no daemon, or no image
+        if type(exc).__name__ == "ImageNotFound":
+            raise BoneageError(f"image {image} not found here; build it with `make image` (or pass --image)") from None
+        raise BoneageError(f"Docker is not available ({type(exc).__name__}); start it: docker/ensure-docker.sh") from None
+    finally:
+        if "client" in locals():
+            client.close()
+    mounts = [] if "://" in source else [docker.types.Mount(source, source, type="bind", read_only=True)]
+    environment = {"HOME": "/tmp", **{k: os.environ[k] for k in CONTAINER_ENV_PASSTHROUGH if os.environ.get(k)}}
+    return local.DockerRunner(network_mode="host", user=f"{os.getuid()}:{os.getgid()}", environment=environment, mounts=mounts)
 
 
 def run_local(
@@ -77,24 +129,45 @@ def run_local(
     pipeline_root: Path = LOCAL_ROOT,
     project_dir: Path = Path("."),
     enable_caching: bool = False,
+    runner: str = "subprocess",
+    image: str | None = None,
 ) -> LocalRun:
-    """The whole pipeline with kfp.local's SubprocessRunner, in this Python environment: the same
-    components as on a cluster, with artifacts as folders under ``pipeline_root``."""
+    """The whole pipeline with kfp.local, with artifacts as folders under ``pipeline_root``: the same
+    components as on a cluster, each step in this Python environment (``subprocess``) or in its own
+    container of the project's ``image`` (``docker``; every step, training included, in that one
+    CPU image)."""
     from kfp import local
 
     from boneage.ingest import resolve_source
 
+    if runner not in RUNNERS:
+        raise BoneageError(f"runner {runner!r}: expected one of {', '.join(RUNNERS)}")
     arguments = dict(arguments or {})
     source = arguments.get("source_uri") or params.data.source
     if "://" not in source:
         # A local folder (the embedded default is generated here, once) goes to ingest as an absolute path.
         source = str(Path(resolve_source(params, source)).resolve())
     arguments["source_uri"] = source
+    if runner == "docker":
+        from boneage.tracking import tracking_uri
+
+        store = arguments.get("mlflow_tracking_uri") or tracking_uri(params)
+        if not store.startswith(("http://", "https://")):
+            raise BoneageError(
+                f"the docker runner logs to an MLflow server, and {store} is not one (each step's container has "
+                'its own files); start one with `make services` and `eval "$(boneage services env)"`, or pass --mlflow-uri'
+            )
+        image = image or params.kfp.cpu_image
+        task_runner = docker_runner(image, source)
+        # Kubernetes secrets do not exist here: the containers get the credentials from this environment.
+        local_kfp = params.kfp.model_copy(update={"image": image, "cpu_image": image, "gcs_secret": None})
+        params = params.model_copy(update={"kfp": local_kfp})
+    else:
+        task_runner = local.SubprocessRunner(use_venv=False)
     pipeline = build_pipeline(params, project_dir)
     root = Path(pipeline_root).resolve()
-    local.init(
-        runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True, enable_caching=enable_caching
-    )
+    root.mkdir(parents=True, exist_ok=True)
+    local.init(runner=task_runner, pipeline_root=str(root), raise_on_error=True, enable_caching=enable_caching)
     earlier = set(root.iterdir()) if root.is_dir() else set()
     start = time.monotonic()
     try:
@@ -108,6 +181,7 @@ def run_local(
         pipeline_root=root,
         wall_seconds=wall,
         step_seconds=step_work_seconds(this_run[0]) if len(this_run) == 1 else {},
+        step_usage=step_usage(this_run[0]) if len(this_run) == 1 else {},
     )
 
 

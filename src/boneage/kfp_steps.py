@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,9 +41,14 @@ def _timed(step):
 
     @functools.wraps(step)
     def timed(*args, **kwargs) -> StepOutcome:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         outcome = step(*args, **kwargs)
-        outcome.metadata["work_seconds"] = round(time.perf_counter() - start, 3)
+        wall = time.perf_counter() - start
+        outcome.metadata["work_seconds"] = round(wall, 3)
+        # What the step used, to size its requests (kfp.step_resources): its process's peak memory
+        # (each step is its own process, in a pod or under kfp.local) and its CPU time per second.
+        outcome.metadata["peak_memory_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        outcome.metadata["cpu_seconds_per_second"] = round((time.process_time() - cpu_start) / max(wall, 1e-9), 2)
         return outcome
 
     return timed

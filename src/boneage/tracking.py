@@ -135,7 +135,25 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# Set by the project's Docker image (its build arguments; there is no .git inside the image).
+IMAGE_LINEAGE_ENV = {
+    "git.commit": "BONEAGE_GIT_COMMIT",
+    "image.version": "BONEAGE_IMAGE_VERSION",
+    "image.lock_sha256": "BONEAGE_LOCK_SHA256",
+}
+
+
+def image_lineage() -> dict[str, str]:
+    """What the image this step runs in was built from, as run tags (empty outside the image)."""
+    return {tag: os.environ[env] for tag, env in IMAGE_LINEAGE_ENV.items() if os.environ.get(env)}
+
+
 def git_commit() -> str:
+    """The checkout's commit (``-dirty`` with uncommitted changes), or inside the project's image,
+    the commit it was built from."""
+    built_from = os.environ.get(IMAGE_LINEAGE_ENV["git.commit"])
+    if built_from and built_from != "unknown" and not Path(".git").exists():
+        return built_from
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
         # dvc.lock is rewritten by `dvc repro` itself; it does not make the code dirty.

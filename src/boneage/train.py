@@ -258,7 +258,14 @@ def _log_run_start(params: Params, data: _Data, data_dir: Path, model: BoneAgeMo
             "model.parameters": model.train.count_params(),
         }
     )
-    mlflow.set_tags({"git.commit": tracking.git_commit(), **tracking.data_lineage(data_dir), "boneage.preset": params.preset})
+    mlflow.set_tags(
+        {
+            **tracking.image_lineage(),
+            "git.commit": tracking.git_commit(),
+            **tracking.data_lineage(data_dir),
+            "boneage.preset": params.preset,
+        }
+    )
     # The manifests as MLflow datasets: the run page's Datasets panel names what trained and judged it.
     for split, context in (("train", "training"), ("val", "validation"), ("test", "test")):
         rows = manifest[manifest["split"] == split]

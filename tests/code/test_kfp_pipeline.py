@@ -94,27 +94,35 @@ def test_gpu_resources_and_tolerations_on_the_train_step_only(compiled):
             assert [t["key"] for t in k8s["exec-train"]["tolerations"]] == [t.key for t in params.kfp.gpu_tolerations]
         else:
             assert "accelerator" not in resources, f"{step} asks for a GPU"
+            size = params.kfp.step_resources[step]
+            assert (resources["resourceCpuRequest"], resources["resourceMemoryRequest"]) == (size.cpu, size.memory), step
             assert "nodeSelector" not in k8s.get(f"exec-{step}", {})
             assert "tolerations" not in k8s.get(f"exec-{step}", {})
 
 
-def test_every_step_runs_the_project_image_which_make_image_builds(compiled, tmp_path):
+def _images(spec) -> dict[str, str]:
+    return {name.removeprefix("exec-"): e["container"]["image"] for name, e in spec["deploymentSpec"]["executors"].items()}
+
+
+def test_training_runs_the_gpu_image_and_every_other_step_the_cpu_image_make_push_pushes(compiled, tmp_path):
     spec, _ = compiled
     params = load_params(REPO / "params.yaml")
-    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
-    assert images == {params.kfp.image}
-    dry_run = subprocess.run(["make", "-n", "image"], cwd=REPO, capture_output=True, text=True, check=True).stdout
-    assert f"docker push {params.kfp.image}" in dry_run
+    images = _images(spec)
+    assert images.pop("train") == params.kfp.image and set(images.values()) == {params.kfp.cpu_image}
+    dry_run = subprocess.run(["make", "-n", "push"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert f"docker push {params.kfp.image}" in dry_run and f"docker push {params.kfp.cpu_image}" in dry_run
     version = re.search(r'^version = "(.+)"', (REPO / "pyproject.toml").read_text(), re.M).group(1)
-    assert params.kfp.image.endswith(f":{version}"), "the image tag lags the package version"
-    # Given another registry, `make image` and `make compile` agree on the name.
+    assert params.kfp.image.endswith(f":{version}") and params.kfp.cpu_image.endswith(f":{version}"), "a tag lags the version"
+    # Given another registry, `make push` and `make compile` agree on the names.
     other = "registry.example.org/team"
-    image_run = subprocess.run(["make", "-n", "image", f"REGISTRY={other}"], cwd=REPO, capture_output=True, text=True).stdout
+    push_run = subprocess.run(["make", "-n", "push", f"REGISTRY={other}"], cwd=REPO, capture_output=True, text=True).stdout
     compile_run = subprocess.run(["make", "-n", "compile", f"REGISTRY={other}"], cwd=REPO, capture_output=True, text=True).stdout
-    assert f"docker push {other}/boneage-gpu:{version}" in image_run
-    assert f"--set kfp.image={other}/boneage-gpu:{version}" in compile_run
-    respec, _ = compile_spec(tmp_path, f"kfp.image={other}/boneage-gpu:{version}")
-    assert {e["container"]["image"] for e in respec["deploymentSpec"]["executors"].values()} == {f"{other}/boneage-gpu:{version}"}
+    gpu, cpu = f"{other}/boneage-gpu:{version}", f"{other}/boneage-cpu:{version}"
+    assert f"docker push {gpu}" in push_run and f"docker push {cpu}" in push_run
+    assert f"--set kfp.image={gpu} --set kfp.cpu_image={cpu}" in compile_run
+    respec, _ = compile_spec(tmp_path, f"kfp.image={gpu}", f"kfp.cpu_image={cpu}")
+    images = _images(respec)
+    assert images.pop("train") == gpu and set(images.values()) == {cpu}
 
 
 def test_network_steps_retry_with_backoff(compiled):
@@ -170,7 +178,7 @@ def test_components_are_thin_wrappers_over_kfp_steps():
         assert not any(isinstance(n, ast.If | ast.While | ast.Try) for n in ast.walk(func)), step.__name__
 
 
-@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.cpu"])
+@pytest.mark.parametrize("dockerfile", ["Dockerfile"])
 def test_dockerfiles_pass_hadolint(dockerfile):
     proc = subprocess.run([str(BIN / "hadolint"), str(REPO / dockerfile)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
