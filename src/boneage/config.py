@@ -132,7 +132,7 @@ class OodConfig(_Strict):
 
     enabled: bool = True
     # Refuse inputs farther from the training films than this quantile of the validation films'
-    # distances: about 1 - quantile of films like the training ones are refused.
+    # scores (split between the check's scores): about 1 - quantile of films like them are refused.
     quantile: Annotated[float, Field(gt=0.5, lt=1.0)] = 0.995
     # The image signature: thumbnails of this side of the prepared image and of its gradients.
     image_side: Annotated[int, Field(ge=2, le=64)] = 16

@@ -133,17 +133,20 @@ def predict_split(model: keras.Model, data_dir: Path, split: str, image_size: in
 
 def split_fit_data(model: keras.Model, data_dir: Path, split: str, image_size: int, batch_size: int, image_side: int, turns: int):
     """(ids and predictions of one split, what fitting an out-of-distribution check needs from it:
-    pooled features, and image signatures of the first ``turns`` quarter turns)."""
-    from boneage.ood import FitData, image_signature, pooled, scoring_model, turned
+    pooled features, texture signatures, and image signatures of the first ``turns`` quarter turns)."""
+    from boneage.ood import FitData, image_signature, pooled, scoring_model, texture_signature, turned
 
     scorer = scoring_model(model)
-    rows, features, signatures = [], [], [[] for _ in range(turns)]
+    rows, features, textures, signatures = [], [], [], [[] for _ in range(turns)]
     for inputs, _, ids in make_dataset(data_dir, split, image_size, batch_size, with_ids=True):
         pred, feats = scorer.predict_on_batch(inputs)
         images = inputs[IMAGE_INPUT].numpy()
         features.append(pooled(feats))
+        textures.append(texture_signature(images))
         for k in range(turns):
             signatures[k].append(image_signature(turned(images, k), image_side))
         rows.extend(zip([i.decode() for i in ids.numpy()], np.asarray(pred).reshape(-1).tolist(), strict=True))
-    data = FitData(np.concatenate(features), [np.concatenate(s) for s in signatures]) if features else None
+    data = (
+        FitData(np.concatenate(features), np.concatenate(textures), [np.concatenate(s) for s in signatures]) if features else None
+    )
     return pd.DataFrame(rows, columns=["id", "predicted"]), data

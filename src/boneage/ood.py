@@ -1,18 +1,20 @@
 """Does an input look like the films the model was trained on? The out-of-distribution check each
 model carries, fitted after training and applied before any bone age is given.
 
-Three scores, each fitted on the training films, each with its threshold at a quantile of the
+Four scores, each fitted on the training films, each with its threshold at a quantile of the
 validation films' scores (which fitted nothing); an input above any threshold is refused:
 
 - ``features``: the Mahalanobis distance of the backbone's pooled features (what the regression
   head sees) from the training films';
-- ``image``: the Mahalanobis distance of an image signature (a small thumbnail of the prepared
-  image, of its horizontal and vertical gradients, and a histogram of its Laplacian): layout,
-  contrast and texture, which features pooled from a small input keep little of;
+- ``image``: the Mahalanobis distance of the layout (small thumbnails of the prepared image and of
+  its horizontal and vertical gradients), which features pooled from a small input keep little of;
+- ``texture``: the Mahalanobis distance of the histograms of intensity, gradient magnitude and
+  Laplacian: contrast and grain, in a few dimensions of their own (among the layout's hundreds a
+  difference in texture would be diluted). It tells drawn films from radiographs, both ways;
 - ``orientation``: how unsure a classifier, trained to tell the training films from the same films
   turned by 90, 180 and 270 degrees, is that the input is upright (self-supervised rotation
   prediction, as in Hendrycks et al., NeurIPS 2019). A hand upside down looks like a hand to the
-  other two.
+  other three.
 
 Covariances are Ledoit-Wolf shrunk (thousands of features, thousands of films: the sample
 covariance is singular). Scores are reported as a ratio to their threshold: above 1 is refused.
@@ -30,10 +32,17 @@ from boneage.errors import BoneageError
 
 # The layer whose output the regression head reads (boneage.model names it).
 POOL_LAYER = "pool"
-PARTS = ("features", "image", "orientation")
-PART_NAMES = {"features": "the model's features", "image": "layout and texture", "orientation": "orientation"}
-# The Laplacian histogram of the image signature: bins over log(1 + |Laplacian|) of 0..255 pixels.
-LAPLACIAN_BINS = 16
+PARTS = ("features", "image", "texture", "orientation")
+PART_NAMES = {
+    "features": "the model's features",
+    "image": "layout",
+    "texture": "texture and contrast",
+    "orientation": "orientation",
+}
+# The texture signature: histograms over 0..255 pixels of intensity, log(1 + gradient magnitude)
+# and log(1 + |Laplacian|), these bins each (the log ranges cover the largest values 8-bit images reach).
+TEXTURE_BINS = 16
+GRADIENT_LOG_RANGE = (0.0, 8.0)
 LAPLACIAN_LOG_RANGE = (0.0, 7.0)
 QUARTER_TURNS = 4
 
@@ -55,20 +64,46 @@ def pooled(features: np.ndarray) -> np.ndarray:
 
 
 def image_signature(images: np.ndarray, side: int) -> np.ndarray:
-    """Prepared uint8 images [N, S, S(, 1)] -> [N, 3*side*side + LAPLACIAN_BINS]: thumbnails of the
-    image and of its absolute gradients (area averaged), and the Laplacian's histogram."""
+    """Prepared uint8 images [N, S, S(, 1)] -> [N, 3*side*side]: thumbnails of the image and of its
+    absolute horizontal and vertical gradients (area averaged), in 0..1."""
     import cv2
 
-    images = np.asarray(images).reshape(len(images), images.shape[1], images.shape[2])
     rows = []
-    for image in images:
+    for image in _frames(images):
         x = image.astype(np.float32)
         grad_x, grad_y = np.abs(cv2.Sobel(x, cv2.CV_32F, 1, 0)), np.abs(cv2.Sobel(x, cv2.CV_32F, 0, 1))
-        laplacian = np.log1p(np.abs(cv2.Laplacian(x, cv2.CV_32F)))
-        histogram = np.histogram(laplacian, LAPLACIAN_BINS, LAPLACIAN_LOG_RANGE)[0] * (255.0 / x.size)
-        thumbs = [cv2.resize(a, (side, side), interpolation=cv2.INTER_AREA).ravel() for a in (x, grad_x, grad_y)]
-        rows.append(np.concatenate([*thumbs, histogram]))
+        rows.append(
+            np.concatenate([cv2.resize(a, (side, side), interpolation=cv2.INTER_AREA).ravel() for a in (x, grad_x, grad_y)])
+        )
     return np.asarray(rows, dtype=np.float32) / np.float32(255.0)
+
+
+def texture_signature(images: np.ndarray) -> np.ndarray:
+    """Prepared uint8 images -> [N, 3*TEXTURE_BINS]: the share of pixels in each bin of intensity,
+    of log gradient magnitude and of log |Laplacian|."""
+    import cv2
+
+    rows = []
+    for image in _frames(images):
+        x = image.astype(np.float32)
+        magnitude = cv2.magnitude(cv2.Sobel(x, cv2.CV_32F, 1, 0), cv2.Sobel(x, cv2.CV_32F, 0, 1))
+        laplacian = np.abs(cv2.Laplacian(x, cv2.CV_32F))
+        rows.append(
+            np.concatenate(
+                [
+                    np.histogram(x, TEXTURE_BINS, (0.0, 256.0))[0],
+                    np.histogram(np.log1p(magnitude), TEXTURE_BINS, GRADIENT_LOG_RANGE)[0],
+                    np.histogram(np.log1p(laplacian), TEXTURE_BINS, LAPLACIAN_LOG_RANGE)[0],
+                ]
+            )
+            / x.size
+        )
+    return np.asarray(rows, dtype=np.float32)
+
+
+def _frames(images: np.ndarray) -> np.ndarray:
+    images = np.asarray(images)
+    return images.reshape(len(images), images.shape[1], images.shape[2])
 
 
 def turned(images: np.ndarray, quarter_turns: int) -> np.ndarray:
@@ -133,6 +168,7 @@ class Orientation:
 class OodCheck:
     features: Gaussian
     image: Gaussian
+    texture: Gaussian
     orientation: Orientation
     thresholds: dict[str, float]
     quantile: float
@@ -145,6 +181,7 @@ class OodCheck:
         return {
             "features": self.features.distance(pooled(features)),
             "image": self.image.distance(signatures),
+            "texture": self.texture.distance(texture_signature(images)),
             "orientation": self.orientation.score(signatures),
         }
 
@@ -191,6 +228,7 @@ class OodCheck:
                 return cls(
                     features=part(Gaussian, "features"),
                     image=part(Gaussian, "image"),
+                    texture=part(Gaussian, "texture"),
                     orientation=part(Orientation, "orientation"),
                     thresholds={p: float(f[f"threshold.{p}"]) for p in PARTS},
                     quantile=float(f["quantile"]),
@@ -204,15 +242,16 @@ class OodCheck:
 
 @dataclass
 class FitData:
-    """What fitting a check needs from a split: pooled features and image signatures (for the
-    training split, of each quarter turn too)."""
+    """What fitting a check needs from a split: pooled features, texture signatures and image
+    signatures (for the training split, of each quarter turn too)."""
 
     features: np.ndarray
+    textures: np.ndarray
     signatures_by_turn: list[np.ndarray]
 
 
 def fit(train: FitData, val: FitData, cfg: OodConfig) -> OodCheck:
-    """Fit the three scores on the training films and set each threshold on the validation films, at
+    """Fit the four scores on the training films and set each threshold on the validation films, at
     the quantile that keeps the share of validation films refused by any of them near 1 - quantile."""
     if len(train.features) < 2 or len(val.features) < 1:
         raise BoneageError(
@@ -221,10 +260,12 @@ def fit(train: FitData, val: FitData, cfg: OodConfig) -> OodCheck:
         )
     features = Gaussian.fit(train.features, cfg.sd_floor_fraction)
     image = Gaussian.fit(train.signatures_by_turn[0], cfg.sd_floor_fraction)
+    texture = Gaussian.fit(train.textures, cfg.sd_floor_fraction)
     orientation = Orientation.fit(train.signatures_by_turn, cfg)
     raw = {
         "features": features.distance(val.features),
         "image": image.distance(val.signatures_by_turn[0]),
+        "texture": texture.distance(val.textures),
         "orientation": orientation.score(val.signatures_by_turn[0]),
     }
     # A Bonferroni share of the refusals for each score.
@@ -232,4 +273,4 @@ def fit(train: FitData, val: FitData, cfg: OodConfig) -> OodCheck:
     tiny = float(np.finfo(np.float32).tiny)  # a score that is 0 on every validation film must not divide by 0
     thresholds = {p: max(float(np.quantile(raw[p], each, method="higher")), tiny) for p in PARTS}
     films = len(train.features), len(val.features)
-    return OodCheck(features, image, orientation, thresholds, cfg.quantile, cfg.image_side, *films)
+    return OodCheck(features, image, texture, orientation, thresholds, cfg.quantile, cfg.image_side, *films)

@@ -10,7 +10,7 @@ import pytest
 
 from boneage.config import OodConfig
 from boneage.errors import BoneageError
-from boneage.ood import QUARTER_TURNS, FitData, Gaussian, OodCheck, fit, image_signature, turned
+from boneage.ood import QUARTER_TURNS, FitData, Gaussian, OodCheck, fit, image_signature, texture_signature, turned
 
 FEATURES = 200  # more than a covariance of 400 films can estimate without shrinkage
 SIDE = 32
@@ -34,7 +34,7 @@ def _upright_films(rng, n: int) -> np.ndarray:
 
 def _fit_data(rng, n: int, turns: int) -> FitData:
     films = _upright_films(rng, n)
-    return FitData(_features(rng, n), [image_signature(turned(films, k), 8) for k in range(turns)])
+    return FitData(_features(rng, n), texture_signature(films), [image_signature(turned(films, k), 8) for k in range(turns)])
 
 
 def _check(rng, quantile: float = 0.98) -> OodCheck:
@@ -72,6 +72,16 @@ def test_a_film_turned_upside_down_is_refused_for_its_orientation():
     assert all(r.startswith("out of distribution") and "orientation" in r for r in reasons if r)
 
 
+def test_a_film_with_another_texture_is_refused_for_it():
+    """The same layout drawn smooth (no grain): only the texture tells it from the training films."""
+    rng = np.random.default_rng(6)
+    check = _check(rng)
+    films = _upright_films(rng, 100)
+    smooth = np.stack([np.clip(np.round(f.astype(float) / 40) * 40, 0, 255) for f in films]).astype(np.uint8)
+    reasons = check.refusal(_features(rng, 100), smooth)
+    assert sum(r is not None and "texture" in r for r in reasons) >= 99
+
+
 def test_unlike_features_are_refused_with_the_reason():
     rng = np.random.default_rng(3)
     check = _check(rng)
@@ -101,6 +111,6 @@ def test_the_check_survives_save_and_load(tmp_path):
 
 
 def test_too_few_films_to_fit_a_check_is_a_clear_error():
-    empty = FitData(np.zeros((1, 4)), [np.zeros((1, 4))] * QUARTER_TURNS)
+    empty = FitData(np.zeros((1, 4)), np.zeros((1, 4)), [np.zeros((1, 4))] * QUARTER_TURNS)
     with pytest.raises(BoneageError, match="train.ood.enabled: false"):
-        fit(empty, FitData(np.zeros((0, 4)), [np.zeros((0, 4))]), OodConfig())
+        fit(empty, FitData(np.zeros((0, 4)), np.zeros((0, 4)), [np.zeros((0, 4))]), OodConfig())
