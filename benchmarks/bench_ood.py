@@ -290,7 +290,7 @@ def block(data: dict) -> str:
     lines = [
         f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores) by `benchmarks/bench_ood.py`: the recipe of record's "
         f"model (real films) and the demo's model (synthetic films), each input scored by `boneage predict`'s code "
-        "(hand crop, then the model and its check: the model's features, layout and texture, orientation).",
+        "(hand crop, then the model and its four-score check: features, layout, texture, orientation).",
         "",
         "| model | input | images | refused | by the crop | by the check | goal |",
         "|---|---|---:|---:|---:|---:|---|",

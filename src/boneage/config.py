@@ -266,13 +266,16 @@ class KfpConfig(_Strict):
     gpu_tolerations: tuple[Toleration, ...] = (Toleration(key="nvidia.com/gpu"),)
     train_cpu: str = "8"
     train_memory: str = "32G"
-    # Requests of the CPU steps, sized to what they measurably use (peak memory and CPU time per
-    # second of wall time on the demo; benchmarks/results.json "containers") with headroom for real data.
+    # Requests of the CPU steps, from what they used in the project's image on the demo
+    # (benchmarks/bench_containers.py, results.json "containers": peak memory of the step and its
+    # largest worker, CPU seconds per second): ingest 143 MB and 1.1, preprocess 690 MB and 1.3,
+    # evaluate 830 MB and 0.7, register 166 MB and 0.2; about twice the memory as headroom for
+    # larger datasets and images (evaluate at 299 px was not measured in a container).
     step_resources: dict[str, StepResources] = {
-        "ingest": StepResources(cpu="1", memory="2G"),
-        "preprocess": StepResources(cpu="2", memory="4G"),
-        "evaluate": StepResources(cpu="2", memory="4G"),
-        "register": StepResources(cpu="500m", memory="2G"),
+        "ingest": StepResources(cpu="1", memory="512M"),
+        "preprocess": StepResources(cpu="2", memory="2G"),
+        "evaluate": StepResources(cpu="1", memory="2G"),
+        "register": StepResources(cpu="250m", memory="512M"),
     }
     # Steps that talk to GCS or MLflow over the network are retried; training resumes from its checkpoint.
     retries: Annotated[int, Field(ge=0)] = 3
