@@ -202,7 +202,7 @@ class OodCheck:
                 if ratio <= 1.0
                 else (
                     f"out of distribution: the image does not look like this model's training films "
-                    f"({PART_NAMES[worst]}: {ratio:.1f}x the threshold set on its validation films); "
+                    f"({PART_NAMES[worst]}: {ratio:.2f}x the threshold set on its validation films); "
                     "it is not a left-hand radiograph of the kind the model can rate"
                 )
             )
