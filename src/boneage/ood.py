@@ -185,28 +185,31 @@ class OodCheck:
             "orientation": self.orientation.score(signatures),
         }
 
+    def judge(self, features: np.ndarray, images: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
+        """Per input: its largest score as a multiple of that score's threshold (above 1: refused),
+        and the reason it is refused (None when it passes). The signatures are computed once."""
+        raw = self.raw_scores(features, images)
+        ratios = np.stack([raw[p] / self.thresholds[p] for p in PARTS])
+        worst, largest = ratios.argmax(axis=0), ratios.max(axis=0)
+        reasons = [
+            None
+            if ratio <= 1.0
+            else (
+                f"out of distribution: the image does not look like this model's training films "
+                f"({PART_NAMES[PARTS[part]]}: {ratio:.2f}x the threshold set on its validation films); "
+                "it is not a left-hand radiograph of the kind the model can rate"
+            )
+            for part, ratio in zip(worst, largest, strict=True)
+        ]
+        return largest, reasons
+
     def scores(self, features: np.ndarray, images: np.ndarray) -> np.ndarray:
         """Per input: its largest score as a multiple of that score's threshold (above 1: refused)."""
-        raw = self.raw_scores(features, images)
-        return np.max(np.stack([raw[p] / self.thresholds[p] for p in PARTS]), axis=0)
+        return self.judge(features, images)[0]
 
     def refusal(self, features: np.ndarray, images: np.ndarray) -> list[str | None]:
         """Per input, the reason it is refused, or None when it passes."""
-        raw = self.raw_scores(features, images)
-        reasons: list[str | None] = []
-        for i in range(len(images)):
-            worst = max(PARTS, key=lambda p: raw[p][i] / self.thresholds[p])
-            ratio = raw[worst][i] / self.thresholds[worst]
-            reasons.append(
-                None
-                if ratio <= 1.0
-                else (
-                    f"out of distribution: the image does not look like this model's training films "
-                    f"({PART_NAMES[worst]}: {ratio:.2f}x the threshold set on its validation films); "
-                    "it is not a left-hand radiograph of the kind the model can rate"
-                )
-            )
-        return reasons
+        return self.judge(features, images)[1]
 
     def save(self, path: Path) -> None:
         from boneage.contracts import atomic_path

@@ -207,8 +207,8 @@ class Predictor:
         if self.ood is None:
             return np.asarray(self.model.predict_on_batch(batch)).reshape(-1), None, [None] * len(images)
         months, features = self._scoring.predict_on_batch(batch)
-        scores = self.ood.scores(features, batch["image"])
-        return np.asarray(months).reshape(-1), scores, self.ood.refusal(features, batch["image"])
+        scores, refusals = self.ood.judge(features, batch["image"])
+        return np.asarray(months).reshape(-1), scores, refusals
 
     def admit(self, radiograph: Radiograph, source: str, sex=None, chronological_age=None) -> _Admitted:
         """Check the request and prepare the image; bad input gives a rejected Prediction."""
