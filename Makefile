@@ -24,7 +24,7 @@ IMAGE ?= $(REGISTRY)/boneage-gpu:$(VERSION)
 IMAGE_CPU ?= $(REGISTRY)/boneage-cpu:$(VERSION)
 PIPELINE_YAML ?= pipeline/boneage-pipeline.yaml
 
-.PHONY: setup system-deps test test-fast demo pipeline real-data bench-real bench-demo bench-ood plots bench bench-gpu mlflow-ui serve lint clean help services services-down image lint-docker compile kfp-local submit docker-ready base-image ca-certificates image-gpu push test-containers
+.PHONY: setup system-deps test test-fast demo pipeline real-data bench-real bench-demo bench-ood bench-ensemble plots bench bench-gpu mlflow-ui serve lint clean help services services-down image lint-docker compile kfp-local submit docker-ready base-image ca-certificates image-gpu push test-containers
 
 help:
 	@echo "make setup   install system packages and the pinned Python environment in $(VENV)"
@@ -33,6 +33,7 @@ help:
 	@echo "make real-data SOURCE=...   the pipeline on real RSNA films with the recipe of record (rsna-cpu)"
 	@echo "make bench   speed and memory benchmarks -> benchmarks/results.{json,md} and the README"
 	@echo "make bench-demo   the demo over 3 seeds -> the README's demo figures"
+	@echo "make bench-ensemble SOURCE=...   ensembles on real films and their serving latency"
 	@echo "make bench-gpu   training images/s on an NVIDIA GPU (benchmarks/gpu.sh)"
 	@echo "make mlflow-ui / make plots   look at the runs and the DVC plots"
 	@echo "make serve [MODEL=models:/NAME@champion] [PORT=5002]   the registered model as a REST endpoint"
@@ -81,8 +82,9 @@ test-fast: setup
 demo: setup
 	@start=$$(date +%s); \
 	dvc repro && \
-	echo && echo "== Test metrics (months) ==" && boneage report --metrics reports/metrics.json && \
-	echo && cat reports/registry.json && \
+	echo && echo "== Test metrics (months), single model ==" && boneage report --metrics reports/metrics.json && \
+	echo && echo "== Test metrics (months), ensemble of its members ==" && boneage report --metrics reports/ensemble/metrics.json && \
+	echo && cat reports/registry.json reports/ensemble/registry.json && \
 	echo && echo "pipeline wall time: $$(( $$(date +%s) - start )) s" && \
 	echo "Compare runs in the MLflow UI: make mlflow-ui, then open http://127.0.0.1:$(MLFLOW_PORT)" && \
 	echo "Plots offline: make plots, then open dvc_plots/render/index.html"
@@ -130,6 +132,15 @@ bench-real: setup
 	$(BIN)/python -m benchmarks.bench_real recipe --workspace .
 	$(BIN)/python -m benchmarks.bench_real variants --source $(SOURCE)
 	$(MAKE) bench-ood SOURCE=$(SOURCE) WORKSPACE=.
+	$(MAKE) bench-ensemble SOURCE=$(SOURCE)
+
+# Ensembles on real films under bench_real's budget (single vs 3 thirds vs 3 full members, TTA off
+# and on; reuses bench_real's "recipe" run; about 80 minutes on 2 cores) and the ensemble pyfunc's
+# latency -> benchmarks/results.json ("ensemble") and the README's "Ensembles" block.
+bench-ensemble: setup
+	@test -n "$(SOURCE)" || { echo "error: name the dataset: make bench-ensemble SOURCE=path/to/kaggle-folder"; exit 1; }
+	$(BIN)/python -m benchmarks.bench_ensemble real --source $(SOURCE)
+	$(BIN)/python -m benchmarks.bench_ensemble latency
 
 # What the out-of-distribution check refuses and the interval's coverage, on the model of a finished
 # `make real-data` WORKSPACE and the demo model `make bench-demo` leaves (benchmarks/bench_ood.py).

@@ -10,7 +10,7 @@ README's "Out-of-distribution refusal" block. Not in CI (minutes on 2 cores).
 
 Every input goes through `boneage.predict` as a user's file would (hand crop, then the model and
 its check). A model trained before it carried a check gets one fitted by the very call training
-makes (`boneage.train.fit_ood_check`), and its interval is recalibrated by training's
+makes (`boneage.ood.fit_for_model`), and its interval is recalibrated by training's
 `calibrate_interval` on its own validation predictions; the test split is only scored.
 """
 
@@ -145,9 +145,9 @@ def checked_model(model_dir: Path, data_dir: Path, predictions: Path | None, par
     calls training makes (unchanged if the model already has them)."""
     from boneage.contracts import MODEL_FILE, OOD_FILE, PREDICTOR_FILE
     from boneage.model import load_predict_model
+    from boneage.ood import fit_for_model
     from boneage.predict import calibrate_interval
     from boneage.predictor_config import PredictorConfig
-    from boneage.train import fit_ood_check
 
     shutil.rmtree(out, ignore_errors=True)  # never judge with a check left by an earlier run
     out.mkdir(parents=True)
@@ -167,7 +167,7 @@ def checked_model(model_dir: Path, data_dir: Path, predictions: Path | None, par
         config.interval_band_halfwidths_months = interval.band_halfwidths_months
         config.write(out / PREDICTOR_FILE)
     if not (out / OOD_FILE).is_file():
-        fit_ood_check(load_predict_model(out / MODEL_FILE), data_dir, out, params)
+        fit_for_model(load_predict_model(out / MODEL_FILE), data_dir, out, params)
     return out
 
 

@@ -9,20 +9,22 @@ from types import SimpleNamespace
 
 from kfp import dsl
 
+from components.ensemble import ensemble
 from components.evaluate import evaluate
 from components.ingest import ingest
+from components.member import member
 from components.preprocess import preprocess
 from components.register import register
 from components.train import train
 
-STEPS = (ingest, preprocess, train, evaluate, register)
+STEPS = (ingest, preprocess, train, member, ensemble, evaluate, register)
 
-
-GPU_STEPS = ("train",)
+# The steps that train: the GPU image, and the GPU request (pipeline.pipeline).
+GPU_STEPS = ("train", "member")
 
 
 def build(gpu_image: str, cpu_image: str) -> SimpleNamespace:
-    """The five components: training in ``gpu_image``, the others in ``cpu_image``. The images already
+    """The components: training in ``gpu_image``, the others in ``cpu_image``. The images already
     hold kfp and boneage, so nothing is pip-installed when a pod starts (clusters need not reach PyPI)."""
     return SimpleNamespace(
         **{

@@ -1,4 +1,6 @@
-"""The Kubeflow pipeline: ingest -> preprocess -> train -> evaluate -> register.
+"""The Kubeflow pipeline: ingest -> preprocess -> train -> evaluate -> register; with
+``ensemble.members`` in params.yaml: ingest -> preprocess -> ParallelFor(member) -> ensemble ->
+evaluate -> register, each member on its own GPU node at the same time.
 
 ``build(params)`` returns the pipeline function. Its defaults come from params.yaml, and the
 choices one makes per run (data, image size, epochs, backbone, GPUs, MLflow) are pipeline
@@ -36,12 +38,33 @@ def _network_step(task, params: Params, retries: int | None = None):
     return task
 
 
-def build(params: Params):
+def _on_gpu_node(task, params: Params, gpu_type, gpu_count):
+    """A training step: the train requests, one GPU (of the pipeline's type and count), the GPU
+    node pool's selector and tolerations. No other step asks for a GPU."""
+    cfg = params.kfp
+    task.set_cpu_request(cfg.train_cpu).set_memory_request(cfg.train_memory)
+    task.set_accelerator_type(gpu_type).set_accelerator_limit(gpu_count)
+    for label, value in cfg.gpu_node_selector.items():
+        kubernetes.add_node_selector(task, label_key=label, label_value=value)
+    for tol in cfg.gpu_tolerations:
+        kubernetes.add_toleration(task, key=tol.key, operator=tol.operator, value=tol.value, effect=tol.effect)
+    task.set_caching_options(enable_caching=cfg.cache_training)
+    return task
+
+
+def build(params: Params, local: bool = False):
+    """The pipeline function. ``local`` (kfp.local runs): the members' GPU request takes the config's
+    type and count rather than the run-time parameters, which kfp.local 2.17 cannot resolve inside a
+    ParallelFor ("pipeline input argument 'pipelinechannel--gpu_type' not found"); it ignores
+    accelerator requests anyway. A compiled pipeline always takes the run-time parameters."""
     cfg = params.kfp
     steps = components.build(cfg.image, cfg.cpu_image)
     # One line of JSON (which is YAML): KFP copies defaults into a comment header that a multi-line
     # value would break.
     params_text = json.dumps(params.model_dump(mode="json"), sort_keys=True)
+    # The members are a pipeline parameter (a list of {name, seed, overrides}): a run may change them;
+    # whether the pipeline trains members or one model is fixed when it is compiled.
+    ensemble_members = [m.model_dump(mode="json") for m in params.ensemble.members]
 
     @dsl.pipeline(
         name=cfg.pipeline_name,
@@ -58,6 +81,7 @@ def build(params: Params):
         mlflow_tracking_uri: str = "",
         experiment: str = params.mlflow.experiment,
         params_yaml: str = params_text,
+        members: list = ensemble_members,
     ):
         ingest = steps.ingest(params_yaml=params_yaml, source_uri=source_uri, data_version=data_version)
         _sized(_network_step(ingest, params), params, "ingest").set_display_name("ingest")
@@ -65,33 +89,53 @@ def build(params: Params):
         preprocess = steps.preprocess(params_yaml=params_yaml, image_size=image_size, raw=ingest.outputs["dataset"])
         _sized(preprocess, params, "preprocess").set_display_name("preprocess")
 
-        train = steps.train(
-            params_yaml=params_yaml,
-            image_size=image_size,
-            epochs=epochs,
-            backbone=backbone,
-            mlflow_tracking_uri=mlflow_tracking_uri,
-            experiment=experiment,
-            data=preprocess.outputs["tfrecords"],
-        )
-        # A retried training pod resumes from the checkpoint in its model artifact.
-        _network_step(train, params, retries=1).set_display_name("train")
-        train.set_cpu_request(cfg.train_cpu).set_memory_request(cfg.train_memory)
-        train.set_accelerator_type(gpu_type).set_accelerator_limit(gpu_count)
-        for label, value in cfg.gpu_node_selector.items():
-            kubernetes.add_node_selector(train, label_key=label, label_value=value)
-        for tol in cfg.gpu_tolerations:
-            kubernetes.add_toleration(train, key=tol.key, operator=tol.operator, value=tol.value, effect=tol.effect)
-        train.set_caching_options(enable_caching=cfg.cache_training)
+        if ensemble_members:
+            with dsl.ParallelFor(members, name="members") as member:
+                trained = steps.member(
+                    params_yaml=params_yaml,
+                    members=members,
+                    member=member,
+                    image_size=image_size,
+                    epochs=epochs,
+                    mlflow_tracking_uri=mlflow_tracking_uri,
+                    experiment=experiment,
+                    data=preprocess.outputs["tfrecords"],
+                )
+                # A retried pod resumes from the checkpoint in its artifact; a member whose training
+                # keeps failing records why there and ends, so that the others still make an ensemble.
+                member_gpu = (cfg.gpu_type, cfg.gpu_count) if local else (gpu_type, gpu_count)
+                _on_gpu_node(_network_step(trained, params, retries=1), params, *member_gpu).set_display_name("member")
+            model_step = steps.ensemble(
+                params_yaml=params_yaml,
+                members=members,
+                image_size=image_size,
+                mlflow_tracking_uri=mlflow_tracking_uri,
+                experiment=experiment,
+                data=preprocess.outputs["tfrecords"],
+                member_models=dsl.Collected(trained.outputs["model"]),
+            )
+            _sized(_network_step(model_step, params), params, "ensemble").set_display_name("ensemble")
+        else:
+            model_step = steps.train(
+                params_yaml=params_yaml,
+                image_size=image_size,
+                epochs=epochs,
+                backbone=backbone,
+                mlflow_tracking_uri=mlflow_tracking_uri,
+                experiment=experiment,
+                data=preprocess.outputs["tfrecords"],
+            )
+            # A retried training pod resumes from the checkpoint in its model artifact.
+            _on_gpu_node(_network_step(model_step, params, retries=1), params, gpu_type, gpu_count).set_display_name("train")
 
         evaluate = steps.evaluate(
             params_yaml=params_yaml,
             image_size=image_size,
             mlflow_tracking_uri=mlflow_tracking_uri,
             experiment=experiment,
-            mlflow_run_id=train.outputs["Output"],
+            mlflow_run_id=model_step.outputs["Output"],
             data=preprocess.outputs["tfrecords"],
-            model=train.outputs["model"],
+            model=model_step.outputs["model"],
         )
         _sized(_network_step(evaluate, params), params, "evaluate").set_display_name("evaluate")
 
@@ -101,8 +145,8 @@ def build(params: Params):
             source_uri=source_uri,
             mlflow_tracking_uri=mlflow_tracking_uri,
             experiment=experiment,
-            mlflow_run_id=train.outputs["Output"],
-            model=train.outputs["model"],
+            mlflow_run_id=model_step.outputs["Output"],
+            model=model_step.outputs["model"],
             evaluation=evaluate.outputs["evaluation"],
         )
         _sized(_network_step(register, params), params, "register").set_display_name("register")

@@ -57,6 +57,8 @@ def project(tmp_path_factory, stack) -> tuple[Path, dict, subprocess.CompletedPr
     # keeps each of the three pipeline runs to seconds of training.
     params["model"].update({"backbone": "small_cnn", "head_units": [32]})
     params["mlflow"]["log_system_metrics"] = False
+    # Two tiny members with their own seeds: the ensemble path (member@N stages, the ParallelFor).
+    params["ensemble"]["members"] = [{"name": "seed-1", "seed": 1}, {"name": "seed-2", "seed": 2}]
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {
         **os.environ,
@@ -82,6 +84,8 @@ def test_dvc_repro_end_to_end_then_noop(project):
     work, env, first = project
     for stage in ("synth", "ingest", "preprocess", "train", "evaluate", "register"):
         assert f"Running stage '{stage}'" in first.stdout
+    for stage in ("member@0", "member@1", "ensemble", "evaluate_ensemble", "register_ensemble"):
+        assert f"Running stage '{stage}'" in first.stdout
     metrics = json.loads((work / "reports" / "metrics.json").read_text())
     assert metrics["test"]["n"] > 0 and set(metrics["test"]["by_sex"]) <= {"male", "female"}
     # The model carries its check and its interval: evaluate reports what they do on the test films.
@@ -89,6 +93,12 @@ def test_dvc_repro_end_to_end_then_noop(project):
     assert 0.5 <= metrics["test"]["interval_coverage"] <= 1.0
     assert all("interval_coverage" in band for band in metrics["test"]["by_age_band"].values())
     assert json.loads((work / "reports" / "registry.json").read_text())["alias"] == "champion"
+    # The ensemble of the two members: evaluated and registered as one more version of the same model.
+    ensemble_metrics = json.loads((work / "reports" / "ensemble" / "metrics.json").read_text())
+    assert ensemble_metrics["test"]["n"] == metrics["test"]["n"] and (work / "models" / "ensemble" / "ood.npz").is_file()
+    assert json.loads((work / "reports" / "ensemble" / "registry.json").read_text())["version"] == 2
+    records = [json.loads((work / "models" / "members" / m / "member.json").read_text()) for m in ("seed-1", "seed-2")]
+    assert [r["status"] for r in records] == ["trained", "trained"] and records[0]["run_id"] != records[1]["run_id"]
     assert not (work / "mlruns" / "mlflow.db").exists(), "logged locally instead of to the server"
     # No secret leaks: not into the run's params or tags, not onto the console.
     run_id = json.loads((work / "models" / "run.json").read_text())["run_id"]
@@ -119,6 +129,7 @@ def test_dvc_repro_end_to_end_then_noop(project):
     run(["git", "commit", "-qm", "baseline"], work, env)
     sweep = run(["dvc", "exp", "run", "-S", "mlflow.synthetic_registered_model=boneage-sweep", "-n", "sweep"], work, env)
     assert "Running stage 'register'" in sweep.stdout and "Running stage 'train'" not in sweep.stdout
+    assert "Running stage 'member@" not in sweep.stdout and "Running stage 'register_ensemble'" in sweep.stdout
     assert json.loads((work / "reports" / "registry.json").read_text())["model"] == "boneage-sweep"
     assert "sweep" in run(["dvc", "exp", "show", "--json"], work, env).stdout
     # Back to the baseline params for the tests that share this project.
@@ -126,18 +137,19 @@ def test_dvc_repro_end_to_end_then_noop(project):
 
 
 @pytest.mark.slow
-def test_kfp_local_run_matches_dvc_repro(project, stack, stack_env, tmp_path):
-    """The same data, params and seed through kfp.local: the same split, the same metrics within
-    a tolerance, the steps' artifacts in place, and one MLflow run holding train and evaluate."""
+def test_kfp_local_runs_the_members_in_parallel_and_matches_dvc_repro(project, stack, stack_env, tmp_path):
+    """The ensemble pipeline (ParallelFor over 2 tiny members, then ensemble, evaluate, register)
+    through kfp.local on the same data, params and seed as `dvc repro`: the same split, the same
+    ensemble metrics within a tolerance, the members' MLflow runs nested under the ensemble's, and the
+    registered version naming its members."""
     work, env, _ = project
     root = tmp_path / "kfp"
     proc = run(["boneage", "pipeline", "run-local", "--project-dir", str(REPO), "--pipeline-root", str(root)], work, env)
     assert "local pipeline run finished" in proc.stdout
     # Each step records its own work on its artifact; the CLI splits the wall time with it.
-    assert all(
-        f"{step} " in proc.stdout.split("steps' own work:")[1]
-        for step in ("ingest", "preprocess", "train", "evaluate", "register")
-    )
+    own_work = proc.stdout.split("steps' own work:")[1]
+    steps = ("ingest", "preprocess", "member@0", "member@1", "ensemble", "evaluate", "register")
+    assert all(f"{step} " in own_work for step in steps)
 
     def artifact(step: str, name: str) -> Path:
         found = sorted(root.glob(f"*/{step}/{name}"))
@@ -151,35 +163,46 @@ def test_kfp_local_run_matches_dvc_repro(project, stack, stack_env, tmp_path):
     assert all((artifact("ingest", "dataset") / p).is_file() for p in kfp_manifest["path"])
     assert all(p.startswith("images/") for p in kfp_manifest["path"])
 
+    members = sorted(root.glob("*/for-loop-*/member/model/member.json"))
+    assert sorted(json.loads(m.read_text())["name"] for m in members) == ["seed-1", "seed-2"]
     kfp_metrics = json.loads((artifact("evaluate", "evaluation") / "metrics.json").read_text())
-    dvc_metrics = json.loads((work / "reports" / "metrics.json").read_text())
+    dvc_metrics = json.loads((work / "reports" / "ensemble" / "metrics.json").read_text())
     assert kfp_metrics["test"]["n"] == dvc_metrics["test"]["n"]
     for split in ("val", "test"):
         assert kfp_metrics[split]["mae"] == pytest.approx(dvc_metrics[split]["mae"], abs=PARITY_MAE_MONTHS)
 
     decision = json.loads((artifact("register", "decision") / "registry.json").read_text())
-    assert decision["alias"] in ("champion", "challenger") and decision["version"] == 2
-    run_id = json.loads((artifact("train", "model") / "run.json").read_text())["run_id"]
-    logged = mlflow.MlflowClient(tracking_uri=stack.mlflow_uri).get_run(run_id).data
+    # dvc repro registered the single model and its ensemble (versions 1 and 2) before this one.
+    assert decision["alias"] in ("champion", "challenger") and decision["version"] == 3
+    run_id = json.loads((artifact("ensemble", "model") / "run.json").read_text())["run_id"]
+    client = mlflow.MlflowClient(tracking_uri=stack.mlflow_uri)
+    logged = client.get_run(run_id).data
     assert "val_mae_months" in logged.metrics and "test_mae" in logged.metrics
     assert "test_interval_coverage" in logged.metrics and "ood_threshold_orientation" in logged.metrics
     assert logged.tags["registry.alias"] == decision["alias"]
-    assert "# Evaluate" in artifact("evaluate", "summary").read_text()
-    # Provenance travels through the KFP artifacts too: the version and the run say what trained it.
-    client = mlflow.MlflowClient(tracking_uri=stack.mlflow_uri)
+    assert "# Ensemble" in artifact("ensemble", "summary").read_text()
+    # Each member has its own run, a child of the ensemble's run.
+    for member in members:
+        member_run = client.get_run(json.loads(member.read_text())["run_id"]).data
+        assert member_run.tags["mlflow.parentRunId"] == run_id and "val_mae_months" in member_run.metrics
+    # The registered version says which members are in, with their runs and fingerprints.
     version = client.get_model_version("boneage-synthetic", str(decision["version"]))
     assert version.tags["provenance.dataset_kind"] == "synthetic"
-    assert version.tags["provenance.dataset_fingerprint"] == logged.tags["provenance.dataset_fingerprint"]
+    assert version.tags["provenance.members_in"] == "seed-1,seed-2"
+    for member in members:
+        record = json.loads(member.read_text())
+        assert version.tags[f"provenance.members.{record['name']}.run_id"] == record["run_id"]
+        assert len(version.tags[f"provenance.members.{record['name']}.recipe_fingerprint"]) == 16
     description = logged.tags["mlflow.note.content"]
     assert description.startswith("Trained on synthetic data") and f"test MAE {kfp_metrics['test']['mae']:.2f}" in description
 
-    # Both runs (DVC's and KFP's) live in PostgreSQL, their files in the bucket.
-    dvc_run_id = json.loads((work / "models" / "run.json").read_text())["run_id"]
+    # Both pipelines' runs live in PostgreSQL, their files in the bucket.
+    dvc_run_id = json.loads((work / "models" / "ensemble" / "run.json").read_text())["run_id"]
     with psycopg2.connect(stack.postgres_dsn) as conn, conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM runs WHERE run_uuid IN (%s, %s)", (dvc_run_id, run_id))
         assert cur.fetchone()[0] == 2
         cur.execute("SELECT count(*) FROM model_versions WHERE name = 'boneage-synthetic'")
-        assert cur.fetchone()[0] == 2
+        assert cur.fetchone()[0] == 3
     names = [b.name for b in gcs.client().list_blobs(services.ARTIFACT_BUCKET)]
     for rid in (dvc_run_id, run_id):
         assert any(f"/{rid}/" in n and n.endswith("metrics.json") for n in names), f"no artifacts of {rid} in the bucket"
@@ -291,11 +314,12 @@ def _image_labels(image: str) -> dict[str, str]:
 
 
 @pytest.mark.containers
-def test_kfp_pipeline_with_every_step_in_the_image(project, stack, stack_env, tmp_path):
-    """`boneage pipeline run-local --runner docker`: ingest, preprocess, train, evaluate and register
-    each in a container of the CPU image `make image` built, logging to the service stack. The run's
-    tags come from inside the image (its own labels), the commit is the real one, the metrics agree
-    with `dvc repro`, and the registered model loads."""
+@pytest.mark.parametrize("path", ["single", "ensemble"])
+def test_kfp_pipeline_with_every_step_in_the_image(project, stack, stack_env, tmp_path, path):
+    """`boneage pipeline run-local --runner docker`: ingest, preprocess, train (or the ParallelFor of
+    members and the ensemble), evaluate and register each in a container of the CPU image `make image`
+    built, logging to the service stack. The run's tags come from inside the image (its own labels),
+    the commit is the real one, the metrics agree with `dvc repro`, and the registered model loads."""
     from boneage.config import load_params
 
     work, env, _ = project
@@ -307,11 +331,8 @@ def test_kfp_pipeline_with_every_step_in_the_image(project, stack, stack_env, tm
     assert labels["io.boneage.lock-sha256"] == lock, "the image was built from another lock: make image"
 
     root = tmp_path / "docker"
-    proc = run(
-        ["boneage", "pipeline", "run-local", "--runner", "docker", "--project-dir", str(REPO), "--pipeline-root", str(root)],
-        work,
-        env,
-    )
+    command = ["boneage", "pipeline", "run-local", "--runner", "docker", "--project-dir", str(REPO), "--pipeline-root", str(root)]
+    proc = run([*command, *(["--set", "ensemble.members=[]"] if path == "single" else [])], work, env)
     assert "local pipeline run finished" in proc.stdout
 
     def artifact(step: str, name: str) -> Path:
@@ -320,10 +341,13 @@ def test_kfp_pipeline_with_every_step_in_the_image(project, stack, stack_env, tm
     # The subprocess runner agrees with `dvc repro` within the same tolerance (the slow test in
     # make test): agreeing with dvc here makes the three agree.
     metrics = json.loads((artifact("evaluate", "evaluation") / "metrics.json").read_text())
-    dvc_metrics = json.loads((work / "reports" / "metrics.json").read_text())
+    reports = work / "reports" / ("ensemble" if path == "ensemble" else "")
+    dvc_metrics = json.loads((reports / "metrics.json").read_text())
     for split in ("val", "test"):
         assert metrics[split]["mae"] == pytest.approx(dvc_metrics[split]["mae"], abs=PARITY_MAE_MONTHS), split
-    run_id = json.loads((artifact("train", "model") / "run.json").read_text())["run_id"]
+    run_id = json.loads((artifact("train" if path == "single" else "ensemble", "model") / "run.json").read_text())["run_id"]
+    if path == "ensemble":
+        assert len(sorted(root.glob("*/for-loop-*/member/model/member.json"))) == 2
     decision = json.loads((artifact("register", "decision") / "registry.json").read_text())
 
     client = mlflow.MlflowClient(tracking_uri=stack.mlflow_uri)

@@ -23,6 +23,10 @@ pipeline_app = typer.Typer(
 app.add_typer(pipeline_app, name="pipeline")
 services_app = typer.Typer(help="The local service stack: PostgreSQL, a GCS emulator, an MLflow server.", no_args_is_help=True)
 app.add_typer(services_app, name="services")
+ensemble_app = typer.Typer(
+    help="Ensembles: train the members of ensemble.members, then combine them into one model.", no_args_is_help=True
+)
+app.add_typer(ensemble_app, name="ensemble")
 
 ParamsOption = Annotated[Path, typer.Option("--params", help="params.yaml to read")]
 
@@ -91,6 +95,44 @@ def train(
         f"trained {result.epochs_run} epochs, best validation MAE {result.best_val_mae:.2f} months; "
         f"model -> {result.model_path}; MLflow run {result.run_id}"
     )
+
+
+@ensemble_app.command("member")
+@friendly_errors
+def ensemble_member(
+    name: Annotated[str, typer.Option("--name", help="the member's name in ensemble.members")],
+    data: Annotated[Path, typer.Option("--data", help="folder of TFRecord shards from preprocess")],
+    out: Annotated[Path, typer.Option("--out", help="the member's folder (model, run.json, member.json)")],
+    params: ParamsOption = DEFAULT_PARAMS_PATH,
+) -> None:
+    """Train one ensemble member. A failure is recorded in its member.json and leaves exit code 0:
+    the ensemble step decides whether enough members finished."""
+    from boneage.ensemble import train_member
+
+    record = train_member(load_params(params), name, data, out)
+    if record["status"] == "trained":
+        typer.echo(f"member {name}: trained in {record['train_seconds']:.0f} s, MLflow run {record['run_id']}")
+    else:
+        typer.secho(f"member {name}: FAILED after {record['attempts']} attempts: {record['reason']}", fg=typer.colors.RED)
+
+
+@ensemble_app.command("build")
+@friendly_errors
+def ensemble_build(
+    members: Annotated[Path, typer.Option("--members", help="folder holding one folder per member")],
+    data: Annotated[Path, typer.Option("--data", help="folder of TFRecord shards from preprocess")],
+    out: Annotated[Path, typer.Option("--out", help="folder for the ensemble (the same files as train's)")],
+    params: ParamsOption = DEFAULT_PARAMS_PATH,
+) -> None:
+    """Combine the members that finished into one model, calibrated on validation films."""
+    from boneage.ensemble import build
+
+    loaded = load_params(params)
+    result = build(loaded, [members / m.name for m in loaded.ensemble.members], data, out)
+    weights = ", ".join(f"{n} {w:.2f}" for n, w in zip(result.members, result.weights, strict=True))
+    typer.echo(f"ensemble of {len(result.members)} (weights {weights}) -> {result.model_path}; MLflow run {result.run_id}")
+    for name, why in result.failed.items():
+        typer.echo(f"  left out {name}: {why}")
 
 
 @app.command()

@@ -105,6 +105,10 @@ Backbone = Literal["inception_v3", "resnet50", "efficientnet_b0", "efficientnet_
 
 class ModelConfig(_Strict):
     backbone: Backbone = "inception_v3"
+    # The side the backbone sees; None: the prepared image's (preprocess.image_size). A smaller or
+    # larger side is resized inside the model, so that ensemble members of several resolutions share
+    # one preprocessed dataset and one scoring path.
+    image_size: Annotated[int, Field(ge=32, le=1024)] | None = None
     # "imagenet" (the default for real training), "none" (random initialisation), or a path to
     # a Keras weights file for the backbone without its top. Never falls back from one to another.
     weights: str = "imagenet"
@@ -197,6 +201,62 @@ class TrainConfig(_Strict):
     max_minutes: Annotated[float, Field(gt=0)] | None = None
 
 
+# What may differ between members: they share one preprocessed dataset and one run's tracking.
+MEMBER_OVERRIDABLE = ("model.", "train.")
+
+
+class EnsembleMember(_Strict):
+    """One member of the ensemble: the recipe of record with its own seed and any ``model.*`` or
+    ``train.*`` keys overridden (dotted keys: ``model.backbone``, ``model.image_size``, ``train.epochs``)."""
+
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,39}$")]
+    seed: int | None = None  # None: params.yaml's seed
+    overrides: dict[str, object] = {}
+
+    @model_validator(mode="after")
+    def _recipe_keys_only(self) -> EnsembleMember:
+        # The members share one preprocessed dataset, and the data and tracking settings are the run's.
+        wrong = [k for k in self.overrides if not k.startswith(MEMBER_OVERRIDABLE)]
+        if wrong:
+            raise ValueError(f"member {self.name}: only {'/'.join(MEMBER_OVERRIDABLE)} keys may differ, not {wrong}")
+        return self
+
+
+class TtaConfig(_Strict):
+    """Test-time augmentation: each member also scores the image turned by each of ``rotations_deg``
+    and scaled by each of ``scales`` (about its centre), and the views are averaged. No flips: a
+    left hand mirrored is a right hand, which the films never show."""
+
+    enabled: bool = False
+    rotations_deg: tuple[Annotated[float, Field(ge=-30, le=30)], ...] = (-5.0, 5.0)
+    scales: tuple[Annotated[float, Field(ge=0.8, le=1.25)], ...] = (0.95, 1.05)
+
+
+class EnsembleConfig(_Strict):
+    """Several models trained from the recipe and combined into one (boneage.ensemble)."""
+
+    members: tuple[EnsembleMember, ...] = ()
+    # "mean": the members' plain average. "weighted": non-negative weights summing to 1, fitted by
+    # least squares on `weight_fit_fraction` of the validation films; the rest calibrate the bias
+    # correction and the interval, so that those are fitted on residuals nothing else used.
+    combine: Literal["mean", "weighted"] = "mean"
+    weight_fit_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
+    # Fewer members than this finished: the ensemble step fails, naming each missing member's reason.
+    min_members: Annotated[int, Field(ge=1)] = 2
+    # Tries of a member's training (each resumes from its checkpoint) before it is recorded as failed.
+    member_attempts: Annotated[int, Field(ge=1)] = 2
+    tta: TtaConfig = TtaConfig()
+
+    @model_validator(mode="after")
+    def _check_members(self) -> EnsembleConfig:
+        names = [m.name for m in self.members]
+        if len(set(names)) != len(names):
+            raise ValueError(f"member names must be unique, got {names}")
+        if self.members and self.min_members > len(self.members):
+            raise ValueError(f"min_members {self.min_members} is more than the {len(self.members)} members")
+        return self
+
+
 class MlflowConfig(_Strict):
     # MLFLOW_TRACKING_URI in the environment wins over this.
     tracking_uri: str = "sqlite:///mlruns/mlflow.db"
@@ -276,6 +336,7 @@ class KfpConfig(_Strict):
         "preprocess": StepResources(cpu="2", memory="2G"),
         "evaluate": StepResources(cpu="1", memory="2G"),
         "register": StepResources(cpu="250m", memory="512M"),
+        "ensemble": StepResources(cpu="2", memory="4G"),
     }
     # Steps that talk to GCS or MLflow over the network are retried; training resumes from its checkpoint.
     retries: Annotated[int, Field(ge=0)] = 3
@@ -296,8 +357,27 @@ class Params(_Strict):
     preprocess: PreprocessConfig = PreprocessConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    ensemble: EnsembleConfig = EnsembleConfig()
     mlflow: MlflowConfig = MlflowConfig()
     kfp: KfpConfig = KfpConfig()
+
+    @model_validator(mode="after")
+    def _members_are_valid_recipes(self) -> Params:
+        for member in self.ensemble.members:  # a bad override fails at load time, naming the member
+            self.member_params(member)
+        return self
+
+    def member_params(self, member: EnsembleMember) -> Params:
+        """The params one ensemble member trains with: this recipe, the member's seed and overrides.
+        Its own out-of-distribution check is skipped: the ensemble fits one for all members."""
+        raw = self.model_dump(mode="json")
+        raw["seed"] = self.seed if member.seed is None else member.seed
+        raw["ensemble"]["members"] = []  # a member is one model
+        raw = set_dotted(raw, {**member.overrides, "train.ood.enabled": False})
+        try:
+            return Params.model_validate(raw)
+        except ValidationError as exc:
+            raise BoneageError(_format_validation_error(Path(f"ensemble member {member.name}"), exc)) from None
 
     def trains_on_synthetic_data(self) -> bool:
         return is_synthetic_source(self.data.source, self.data.synthetic_dir)

@@ -36,6 +36,10 @@ OOD_FILE = "ood.npz"
 RUN_FILE = "run.json"
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_STATE_FILE = "state.json"
+# ensemble: each member's folder holds a train output plus its record (trained or failed, why,
+# how long), the ensemble's folder the same files as train's
+MEMBER_FILE = "member.json"
+MEMBERS_DIR = "members"
 # evaluate
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"

@@ -20,7 +20,8 @@ DEFAULT_PACKAGE = Path("pipeline/boneage-pipeline.yaml")
 LOCAL_ROOT = Path("local_outputs")
 
 
-def build_pipeline(params: Params, project_dir: Path = Path(".")):
+def build_pipeline(params: Params, project_dir: Path = Path("."), local: bool = False):
+    """The pipeline function of pipeline/pipeline.py; ``local``: for kfp.local (see ``build``)."""
     root = Path(project_dir).resolve()
     if not (root / "pipeline" / "pipeline.py").is_file() or not (root / "components" / "__init__.py").is_file():
         raise BoneageError(
@@ -29,7 +30,7 @@ def build_pipeline(params: Params, project_dir: Path = Path(".")):
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
     module = importlib.import_module("pipeline.pipeline")
-    return module.build(params)
+    return module.build(params, local=local)
 
 
 def compile_pipeline(params: Params, package_path: Path = DEFAULT_PACKAGE, project_dir: Path = Path(".")) -> Path:
@@ -62,14 +63,22 @@ def step_usage(run_dir: Path) -> dict[str, dict[str, float]]:
     that kfp.local leaves in each task's folder (what kfp_steps records on each step's artifact)."""
     keys = ("work_seconds", "peak_memory_mb", "cpu_seconds_per_second")
     usage = {}
-    for output_file in sorted(Path(run_dir).glob("*/executor_output.json")):
+    for output_file in sorted(Path(run_dir).glob("**/executor_output.json")):
         outputs = json.loads(output_file.read_text()).get("artifacts", {})
         for artifact_list in outputs.values():
             for artifact in artifact_list.get("artifacts", []):
                 metadata = artifact.get("metadata", {})
                 if "work_seconds" in metadata:
-                    usage[output_file.parent.name] = {k: float(metadata[k]) for k in keys if k in metadata}
+                    usage[_task_name(output_file.parent.relative_to(run_dir))] = {
+                        k: float(metadata[k]) for k in keys if k in metadata
+                    }
     return usage
+
+
+def _task_name(folder: Path) -> str:
+    """A task's name from its folder: ``member`` under ``for-loop-1-iteration-2`` is ``member@2``."""
+    loops = [part.rsplit("-", 1)[-1] for part in folder.parts[:-1] if "-iteration-" in part]
+    return folder.name + "".join(f"@{i}" for i in loops)
 
 
 def step_work_seconds(run_dir: Path) -> dict[str, float]:
@@ -164,7 +173,7 @@ def run_local(
         params = params.model_copy(update={"kfp": local_kfp})
     else:
         task_runner = local.SubprocessRunner(use_venv=False)
-    pipeline = build_pipeline(params, project_dir)
+    pipeline = build_pipeline(params, project_dir, local=True)
     root = Path(pipeline_root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     local.init(runner=task_runner, pipeline_root=str(root), raise_on_error=True, enable_caching=enable_caching)

@@ -115,6 +115,42 @@ def train(params: Params, data_dir: str | Path, model_dir: str | Path) -> StepOu
     )
 
 
+@_timed
+def member(params: Params, name: str, data_dir: str | Path, model_dir: str | Path) -> StepOutcome:
+    """One ensemble member; a failed one records its reason (the ensemble step decides)."""
+    from boneage.ensemble import train_member
+
+    record = train_member(params, name, Path(data_dir), Path(model_dir))
+    if record["status"] != "trained":
+        md = f"# Member {name}\n\n**Failed** after {record['attempts']} attempts: {record['reason']}\n"
+        return StepOutcome(md, {"member": name, "status": record["status"], "reason": record["reason"]})
+    md = (
+        f"# Member {name}\n\n{record['backbone']} at {record['backbone_image_size']} px, seed {record['seed']}, "
+        f"{record['epochs_run']} epochs in {record['train_seconds']:.0f} s; best validation MAE "
+        f"**{record['best_val_mae']:.2f}** months.\n\nMLflow run: `{record['run_id']}`\n"
+    )
+    keys = ("status", "run_id", "backbone", "seed", "train_seconds", "best_val_mae")
+    return StepOutcome(md, {"member": name, **{k: record[k] for k in keys}}, run_id=record["run_id"])
+
+
+@_timed
+def ensemble(params: Params, member_dirs: list[str | Path], data_dir: str | Path, model_dir: str | Path) -> StepOutcome:
+    from boneage.ensemble import build
+
+    result = build(params, [Path(d) for d in member_dirs], Path(data_dir), Path(model_dir))
+    rows = "\n".join(f"| {n} | {w:.3f} |" for n, w in zip(result.members, result.weights, strict=True))
+    left_out = "".join(f"\n- left out **{n}**: {why}" for n, why in result.failed.items())
+    md = (
+        f"# Ensemble\n\n{len(result.members)} members ({params.ensemble.combine}), validation MAE "
+        f"**{result.val_mae:.2f}** months, bias correction {result.offset_months:+.2f} months.\n\n"
+        f"| member | weight |\n|---|---|\n{rows}\n{left_out}\n\nMLflow run: `{result.run_id}`\n"
+    )
+    metadata = {"mlflow_run_id": result.run_id, "members": ",".join(result.members), "val_mae_months": result.val_mae}
+    if result.failed:
+        metadata["members_failed"] = ",".join(result.failed)
+    return StepOutcome(md, metadata, run_id=result.run_id)
+
+
 def _check_run(model_dir: str | Path, run_id: str) -> None:
     from boneage.tracking import read_run_file
 

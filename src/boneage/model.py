@@ -7,6 +7,7 @@ so the saved model is all a server needs (and it loads in Keras safe mode: no La
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,7 +102,7 @@ def _small_cnn(cfg: ModelConfig, image_size: int) -> keras.Model:
 def build_backbone(cfg: ModelConfig, image_size: int) -> keras.Model:
     spec = BACKBONES[cfg.backbone]
     if image_size < spec.min_size:
-        raise BoneageError(f"preprocess.image_size {image_size} is below {cfg.backbone}'s minimum of {spec.min_size}")
+        raise BoneageError(f"image size {image_size} is below {cfg.backbone}'s minimum of {spec.min_size}")
     if cfg.backbone == "small_cnn":
         return _small_cnn(cfg, image_size)
     weights = resolve_weights(cfg)
@@ -139,9 +140,12 @@ def build_model(cfg: ModelConfig, image_size: int, target_mean: float, target_sd
     image = keras.Input((image_size, image_size, 1), name=IMAGE_INPUT, dtype="uint8")
     male = keras.Input((1,), name=SEX_INPUT, dtype="float32")
     x = layers.Rescaling(1.0, name="to_float")(image)
+    side = cfg.image_size or image_size
+    if side != image_size:
+        x = layers.Resizing(side, side, interpolation="bilinear", name="to_backbone_size")(x)
     x = layers.Concatenate(name="gray_to_rgb")([x, x, x])
     x = layers.Rescaling(spec.scale, offset=list(spec.offset), name="backbone_input")(x)
-    backbone = build_backbone(cfg, image_size)
+    backbone = build_backbone(cfg, side)
     features = backbone(x)
     if cfg.pooling == "avg":
         features = layers.GlobalAveragePooling2D(name="pool")(features)
@@ -158,6 +162,34 @@ def build_model(cfg: ModelConfig, image_size: int, target_mean: float, target_sd
     z = layers.Dense(1, dtype="float32", name="age_z")(x)
     inputs = {IMAGE_INPUT: image, SEX_INPUT: male}
     return from_train_model(keras.Model(inputs, z, name="boneage_train"), target_mean, target_sd)
+
+
+@keras.saving.register_keras_serializable(package="boneage")
+class FixedView(layers.Layer):
+    """uint8 images [B, S, S, 1] rotated by ``degrees`` and scaled by ``scale`` about their centre,
+    bilinear, black outside: one fixed view for test-time augmentation (the same transform as the
+    training augmentation's, with fixed parameters). A layer, so the ensemble stays one safe model."""
+
+    def __init__(self, degrees: float = 0.0, scale: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.degrees, self.scale = float(degrees), float(scale)
+
+    def call(self, images):
+        ops = keras.ops
+        height, width = images.shape[1], images.shape[2]
+        angle = math.radians(self.degrees)
+        cos, sin = math.cos(angle) / self.scale, math.sin(angle) / self.scale
+        cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+        # Output pixel -> input pixel: rotate and scale about the centre.
+        row = [cos, -sin, cx - cos * cx + sin * cy, sin, cos, cy - sin * cx - cos * cy, 0.0, 0.0]
+        transform = ops.tile(ops.convert_to_tensor([row], dtype="float32"), [ops.shape(images)[0], 1])
+        out = ops.image.affine_transform(
+            ops.cast(images, "float32"), transform, interpolation="bilinear", fill_mode="constant", fill_value=0
+        )
+        return ops.cast(ops.clip(ops.round(out), 0, 255), images.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "degrees": self.degrees, "scale": self.scale}
 
 
 def load_predict_model(path: Path) -> keras.Model:

@@ -277,3 +277,35 @@ def fit(train: FitData, val: FitData, cfg: OodConfig) -> OodCheck:
     thresholds = {p: max(float(np.quantile(raw[p], each, method="higher")), tiny) for p in PARTS}
     films = len(train.features), len(val.features)
     return OodCheck(features, image, texture, orientation, thresholds, cfg.quantile, cfg.image_side, *films)
+
+
+def fit_for_model(predict_model, data_dir: Path, out_dir: Path, params, val_data: FitData | None = None) -> OodCheck | None:
+    """Fit a model's out-of-distribution check (scores fitted on its training films, thresholds on
+    its validation films) and write it beside the model; None, and no file, when train.ood is off."""
+    import sys
+
+    import mlflow
+
+    from boneage.contracts import OOD_FILE
+    from boneage.dataset import split_fit_data
+
+    path, cfg = Path(out_dir) / OOD_FILE, params.train.ood
+    if not cfg.enabled:
+        path.unlink(missing_ok=True)  # a check left by an earlier run would judge another model
+        return None
+    size, batch = params.preprocess.image_size, params.train.batch_size
+    _, train_data = split_fit_data(predict_model, data_dir, "train", size, batch, cfg.image_side, QUARTER_TURNS)
+    if val_data is None:
+        _, val_data = split_fit_data(predict_model, data_dir, "val", size, batch, cfg.image_side, 1)
+    if train_data is None or val_data is None:
+        raise BoneageError(f"{data_dir}: the out-of-distribution check needs training and validation films")
+    check = fit(train_data, val_data, cfg)
+    check.save(path)
+    if mlflow.active_run():
+        mlflow.log_metrics({f"ood_threshold_{part}": value for part, value in check.thresholds.items()})
+    print(
+        f"out-of-distribution check fitted on {check.train_films} training films, thresholds at the "
+        f"{cfg.quantile} quantile of {check.val_films} validation films",
+        file=sys.stderr,
+    )
+    return check

@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import keras
-import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from boneage import ood, tracking
+from boneage import ood, packaging, tracking
 from boneage.config import Params
 from boneage.contracts import (
     CHECKPOINT_DIR,
@@ -26,7 +25,6 @@ from boneage.contracts import (
     HISTORY_FILE,
     MANIFEST_FILE,
     MODEL_FILE,
-    OOD_FILE,
     PREDICTOR_FILE,
     RUN_FILE,
     TARGET_FILE,
@@ -290,9 +288,11 @@ def model_provenance(params: Params, data_dir: Path, recipe_fingerprint: str) ->
         "image_size": params.preprocess.image_size,
         "crop": params.preprocess.crop,
         "backbone": params.model.backbone,
+        "backbone_image_size": params.model.image_size or params.preprocess.image_size,
+        "seed": params.seed,
         "preset": params.preset,
         "recipe_fingerprint": recipe_fingerprint,
-        "boneage_version": boneage_version(),
+        "boneage_version": packaging.boneage_version(),
         "git_commit": tracking.git_commit(),
     }
 
@@ -385,7 +385,7 @@ def _calibrate_and_save(
         interval_band_halfwidths_months=interval.band_halfwidths_months,
         provenance=provenance,
     ).write(out_dir / PREDICTOR_FILE)
-    fit_ood_check(model.predict, data_dir, out_dir, params, val_data)
+    ood.fit_for_model(model.predict, data_dir, out_dir, params, val_data)
     if offset:
         model = from_train_model(model.train, data.target_mean, data.target_sd, offset)
         mlflow.log_metric("val_bias_correction_months", offset)
@@ -397,37 +397,11 @@ def _calibrate_and_save(
     return model
 
 
-def fit_ood_check(
-    predict_model: keras.Model, data_dir: Path, out_dir: Path, params: Params, val_data: ood.FitData | None = None
-) -> ood.OodCheck | None:
-    """Fit a model's out-of-distribution check (scores fitted on its training films, thresholds on
-    its validation films) and write it beside the model; None, and no file, when train.ood is off."""
-    import mlflow
-
-    path, cfg = Path(out_dir) / OOD_FILE, params.train.ood
-    if not cfg.enabled:
-        path.unlink(missing_ok=True)  # a check left by an earlier run would judge another model
-        return None
-    size, batch = params.preprocess.image_size, params.train.batch_size
-    _, train_data = split_fit_data(predict_model, data_dir, "train", size, batch, cfg.image_side, ood.QUARTER_TURNS)
-    if val_data is None:
-        _, val_data = split_fit_data(predict_model, data_dir, "val", size, batch, cfg.image_side, 1)
-    if train_data is None or val_data is None:
-        raise BoneageError(f"{data_dir}: the out-of-distribution check needs training and validation films")
-    check = ood.fit(train_data, val_data, cfg)
-    check.save(path)
-    if mlflow.active_run():
-        mlflow.log_metrics({f"ood_threshold_{part}": value for part, value in check.thresholds.items()})
-    print(
-        f"out-of-distribution check fitted on {check.train_films} training films, thresholds at the "
-        f"{cfg.quantile} quantile of {check.val_films} validation films",
-        file=sys.stderr,
-    )
-    return check
-
-
-def train(params: Params, data_dir: Path, out_dir: Path) -> TrainResult:
-    """Train on ``data_dir`` (preprocess's output) into ``out_dir``, resuming a matching checkpoint."""
+def train(
+    params: Params, data_dir: Path, out_dir: Path, run_name: str | None = None, run_tags: dict[str, str] | None = None
+) -> TrainResult:
+    """Train on ``data_dir`` (preprocess's output) into ``out_dir``, resuming a matching checkpoint.
+    ``run_name`` and ``run_tags`` name and tag the MLflow run (an ensemble member's)."""
     import mlflow
 
     data_dir, out_dir = Path(data_dir), Path(out_dir)
@@ -444,7 +418,8 @@ def train(params: Params, data_dir: Path, out_dir: Path) -> TrainResult:
     with mlflow.start_run(
         run_id=run_id,
         experiment_id=None if run_id else experiment_id,
-        run_name=None if run_id else f"{params.model.backbone}-{size}px",
+        run_name=None if run_id else run_name or f"{params.model.backbone}-{size}px",
+        tags=run_tags,
         log_system_metrics=params.mlflow.log_system_metrics,
     ) as run:
         write_json_atomic(ckpt_dir / RUN_FILE, {"run_id": run.info.run_id})
@@ -477,20 +452,12 @@ def _validation_predictions(model: BoneAgeModel, data_dir: Path, manifest: pd.Da
     return pred.merge(val[["id", "boneage"]], on="id", how="left"), data
 
 
-def boneage_version() -> str:
-    from importlib.metadata import version
-
-    return version("boneage")
-
-
 def _log_training_artifacts(model: BoneAgeModel, out_dir: Path, size: int, provenance: dict) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import mlflow
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
 
     history = pd.read_csv(out_dir / HISTORY_FILE)
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -505,31 +472,4 @@ def _log_training_artifacts(model: BoneAgeModel, out_dir: Path, size: int, prove
     plt.close(fig)
     mlflow.log_artifact(str(out_dir / TRAINING_CURVE_FILE), "plots")
     mlflow.log_artifact(str(out_dir / HISTORY_FILE), "training")
-    signature = ModelSignature(
-        inputs=Schema(
-            [TensorSpec(np.dtype("uint8"), (-1, size, size, 1), "image"), TensorSpec(np.dtype("float32"), (-1, 1), "male")]
-        ),
-        outputs=Schema([TensorSpec(np.dtype("float32"), (-1, 1), "boneage")]),
-    )
-    # Known trap: input_example crashes mlflow.keras.log_model in 3.17; the signature says it all.
-    # Naming the requirements spares MLflow a subprocess that re-imports TensorFlow to infer them.
-    requirements = [f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"]
-    mlflow.keras.log_model(model.predict, name="keras_model", signature=signature, pip_requirements=requirements)
-    # The registered model: a pyfunc that takes raw image bytes and does its own preprocessing
-    # (boneage.serving, logged as code: nothing is pickled).
-    from importlib.util import find_spec
-
-    from boneage.scoring import SIGNATURE
-
-    return mlflow.pyfunc.log_model(
-        name="model",
-        python_model=find_spec("boneage.serving").origin,
-        signature=SIGNATURE,
-        artifacts={
-            "keras_model": str(out_dir / MODEL_FILE),
-            "predictor_config": str(out_dir / PREDICTOR_FILE),
-            **({"ood_check": str(out_dir / OOD_FILE)} if (out_dir / OOD_FILE).is_file() else {}),
-        },
-        pip_requirements=[*requirements, f"boneage=={boneage_version()}"],
-        metadata={"boneage_provenance": provenance},  # travels with the model to serving and the cluster
-    ).model_uri
+    return packaging.log_scoring_model(model.predict, out_dir, size, provenance)

@@ -26,6 +26,8 @@ REPO = Path(__file__).resolve().parents[2]
 MAX_COMPONENT_STATEMENTS = 8
 BIN = Path(sys.executable).parent
 STEPS = ["ingest", "preprocess", "train", "evaluate", "register"]
+# The one-model pipeline; params.yaml's own (with ensemble members) compiles the ensemble pipeline.
+SINGLE = "ensemble.members=[]"
 
 
 def compile_spec(tmp_path: Path, *overrides: str) -> tuple[dict, dict]:
@@ -42,7 +44,51 @@ def compile_spec(tmp_path: Path, *overrides: str) -> tuple[dict, dict]:
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory) -> tuple[dict, dict]:
-    return compile_spec(tmp_path_factory.mktemp("kfp"))
+    return compile_spec(tmp_path_factory.mktemp("kfp"), SINGLE)
+
+
+@pytest.fixture(scope="module")
+def compiled_ensemble(tmp_path_factory) -> tuple[dict, dict]:
+    params = load_params(REPO / "params.yaml")
+    assert len(params.ensemble.members) >= 2, "params.yaml's ensemble section lists the demo's members"
+    return compile_spec(tmp_path_factory.mktemp("kfp-ensemble"))
+
+
+def test_ensemble_pipeline_trains_each_member_in_a_parallel_for_with_a_gpu_and_no_other_step_has_one(compiled_ensemble):
+    spec, k8s = compiled_ensemble
+    params = load_params(REPO / "params.yaml")
+    tasks = spec["root"]["dag"]["tasks"]
+    loops = [name for name, task in tasks.items() if "parameterIterator" in task]
+    assert len(loops) == 1 and "train" not in tasks
+    assert sorted(set(tasks) - set(loops)) == sorted(["ingest", "preprocess", "ensemble", "evaluate", "register"])
+    # The loop runs over the `members` pipeline parameter, whose default is params.yaml's list.
+    iterator = tasks[loops[0]]["parameterIterator"]
+    assert iterator["items"]["inputParameter"].endswith("members")
+    declared = spec["root"]["inputDefinitions"]["parameters"]["members"]["defaultValue"]
+    assert [m["name"] for m in declared] == [m.name for m in params.ensemble.members]
+    loop_dag = spec["components"][tasks[loops[0]]["componentRef"]["name"]]["dag"]["tasks"]
+    assert list(loop_dag) == ["member"]
+    # The ensemble waits for every member (their models, collected) and hands its run to evaluate and register.
+    assert loops[0] in tasks["ensemble"]["dependentTasks"]
+    assert tasks["ensemble"]["inputs"]["artifacts"]["member_models"]["taskOutputArtifact"]["producerTask"] == loops[0]
+    for step in ("evaluate", "register"):
+        run_id = tasks[step]["inputs"]["parameters"]["mlflow_run_id"]["taskOutputParameter"]
+        assert run_id == {"outputParameterKey": "Output", "producerTask": "ensemble"}
+    executors = spec["deploymentSpec"]["executors"]
+    for name, executor in executors.items():
+        resources = executor["container"].get("resources", {})
+        if name == "exec-member":
+            assert "gpu_count" in resources["accelerator"]["resourceCount"]
+            assert resources["resourceCpuRequest"] == params.kfp.train_cpu
+            assert k8s[name]["nodeSelector"]["labels"] == params.kfp.gpu_node_selector
+            assert executor["container"]["image"] == params.kfp.image
+        else:
+            assert "accelerator" not in resources, f"{name} asks for a GPU"
+            assert "nodeSelector" not in k8s.get(name, {}) and executor["container"]["image"] == params.kfp.cpu_image
+    size = params.kfp.step_resources["ensemble"]
+    ensemble = executors["exec-ensemble"]["container"]["resources"]
+    assert (ensemble["resourceCpuRequest"], ensemble["resourceMemoryRequest"]) == (size.cpu, size.memory)
+    assert loop_dag["member"]["retryPolicy"]["maxRetryCount"] == 1  # resumes from its checkpoint
 
 
 def test_dag_has_the_five_steps_in_order(compiled):
@@ -73,9 +119,9 @@ def test_pipeline_parameters_cover_the_run_time_choices(compiled):
         "params_yaml",
     ):
         assert name in declared
-    params = load_params(REPO / "params.yaml")
+    params = load_params(REPO / "params.yaml", {"ensemble.members": []})
     assert declared["image_size"]["defaultValue"] == params.preprocess.image_size
-    # The params travel whole and validate back into the same typed config.
+    # The params travel whole (with what --set changed) and validate back into the same typed config.
     assert Params.model_validate(yaml.safe_load(declared["params_yaml"]["defaultValue"])) == params
 
 
@@ -120,7 +166,7 @@ def test_training_runs_the_gpu_image_and_every_other_step_the_cpu_image_make_pus
     gpu, cpu = f"{other}/boneage-gpu:{version}", f"{other}/boneage-cpu:{version}"
     assert f"docker push {gpu}" in push_run and f"docker push {cpu}" in push_run
     assert f"--set kfp.image={gpu} --set kfp.cpu_image={cpu}" in compile_run
-    respec, _ = compile_spec(tmp_path, f"kfp.image={gpu}", f"kfp.cpu_image={cpu}")
+    respec, _ = compile_spec(tmp_path, SINGLE, f"kfp.image={gpu}", f"kfp.cpu_image={cpu}")
     images = _images(respec)
     assert images.pop("train") == gpu and set(images.values()) == {cpu}
 
@@ -147,7 +193,7 @@ def test_caching_keys_and_switches(compiled, tmp_path):
     # Only the inputs a step uses are in its cache key: a new epoch count does not redo ingest.
     assert "epochs" not in tasks["ingest"]["inputs"]["parameters"]
     assert "epochs" not in tasks["preprocess"]["inputs"]["parameters"]
-    no_cache, _ = compile_spec(tmp_path, "kfp.cache_training=false")
+    no_cache, _ = compile_spec(tmp_path, SINGLE, "kfp.cache_training=false")
     assert no_cache["root"]["dag"]["tasks"]["train"]["cachingOptions"] == {}
 
 

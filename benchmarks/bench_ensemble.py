@@ -1,0 +1,327 @@
+"""Ensembles on real films, and what they cost to serve.
+
+``real``: under one training budget (bench_real's equal budget: the rsna-cpu recipe for 3 cosine
+epochs of 200 steps, 19,200 images) on the real RSNA films (100 px copies), on the same held-out
+test split, compare
+
+- the single recipe-of-record model (seed 42; bench_real's "recipe" run, reused when present);
+- an ensemble of 3 members (seeds 1-3) that each got a third of the budget (a third of the steps);
+- an ensemble of 3 full-budget members (seeds 42, 1, 2): the cluster case, where the wall time is
+  one member's;
+- each ensemble with test-time augmentation off and on.
+
+Every arm goes through the same ``boneage.ensemble.build`` (the single model as an ensemble of one),
+so that each gets the same bias correction and band-conditional interval fitted on the validation
+films; then ``evaluate`` reads the test split once per arm. The wall time that K nodes would take is
+the slowest member's own measured time; one machine takes their sum.
+
+``latency``: the pyfunc's scoring path (``boneage predict``'s Predictor: read, crop, normalise,
+model, interval, check) for one real film at a time, p50 over the 40 full-resolution samples, for
+one model and for ensembles of 3 (TTA off and on), InceptionV3 at the demo's 96 px, random weights
+(weights change no timing). Goal: the 3-member ensemble's p50 <= 250 ms on 2 cores.
+
+    python -m benchmarks.bench_ensemble real --source ../shared/data/rsna-100px
+    python -m benchmarks.bench_ensemble latency
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import REPEATS, SAMPLES, WORK, bench_params, load_results, machine, record, replace_readme_block, verdict
+
+RESULT_KEY = "ensemble"
+REAL = WORK / "real"  # bench_real's workspace: its ingest, preprocessed data and "recipe" model
+OUT = WORK / "ensemble"
+GOAL_P50_MS = 250.0
+LATENCY_SIZE = 96  # the demo's
+LATENCY_MEMBERS = 3
+ARMS = {
+    "single": [("full-42", 42, 1)],
+    "thirds": [(f"third-{s}", s, 3) for s in (1, 2, 3)],
+    "full": [("full-42", 42, 1), ("full-1", 1, 1), ("full-2", 2, 1)],
+}
+ARM_NAMES = {
+    "single": "single recipe-of-record model",
+    "thirds": "3 members, a third of the budget each",
+    "full": "3 full-budget members (cluster: one member's wall time)",
+}
+
+
+def _params(source: Path, epochs: int, steps: int, members: list[tuple[str, int, int]], tta: bool):
+    return bench_params(
+        **{
+            "preset": "rsna-cpu",
+            "data.source": str(source),
+            "train.epochs": epochs,
+            "train.steps_per_epoch": steps,
+            "train.ood.enabled": False,  # not what is compared here; bench_ood measures the check
+            "mlflow.tracking_uri": f"sqlite:///{REAL}/mlruns.db",
+            "mlflow.artifact_root": str(REAL / "mlruns"),
+            "mlflow.experiment": "bench-ensemble",
+            "mlflow.log_system_metrics": False,
+            "ensemble.members": [
+                {"name": name, "seed": seed, "overrides": {"train.steps_per_epoch": -(-steps // share)}}
+                for name, seed, share in members
+            ],
+            "ensemble.min_members": len(members),
+            "ensemble.tta.enabled": tta,
+        }
+    )
+
+
+def _data(params) -> Path:
+    from boneage.ingest import ingest
+    from boneage.preprocess import preprocess
+
+    manifest = REAL / "ingest" / "manifest.csv"
+    if not manifest.is_file():
+        ingest(params, REAL / "ingest")
+    cfg = params.preprocess
+    data = REAL / f"pre-{cfg.crop}-{cfg.image_size}px-clahe{cfg.clahe_clip_limit}"
+    if not (data / "manifest.csv").is_file():
+        preprocess(params, manifest, data)
+    return data
+
+
+def _reuse_recipe_run(folder: Path) -> None:
+    """bench_real's "recipe" run (the same recipe, seed and budget) as member full-42, with the
+    time that run measured; nothing is retrained."""
+    from boneage.contracts import MEMBER_FILE
+
+    recipe = REAL / "models-recipe"
+    if (folder / MEMBER_FILE).is_file() or not (recipe / "model.keras").is_file():
+        return
+    variant = load_results().get("real_data", {}).get("variants", {}).get("recipe", {})
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    if not folder.exists():
+        folder.symlink_to(recipe.resolve(), target_is_directory=True)
+    record_ = {
+        "name": "full-42",
+        "seed": 42,
+        "overrides": {},
+        "status": "trained",
+        "reason": "",
+        "attempts": 1,
+        "run_id": json.loads((recipe / "run.json").read_text())["run_id"],
+        "backbone": "inception_v3",
+        "backbone_image_size": 96,
+        "train_seconds": round(60 * variant.get("train_minutes", float("nan")), 1),
+        "reused_from": "bench_real recipe",
+    }
+    (folder / MEMBER_FILE).write_text(json.dumps(record_, indent=2))
+
+
+def _arm(name: str, source: Path, epochs: int, steps: int) -> dict:
+    from benchmarks.bench_real import bootstrap_interval
+    from boneage.contracts import MEMBER_FILE
+    from boneage.ensemble import build, train_member
+    from boneage.evaluate import evaluate
+
+    members = ARMS[name]
+    params = _params(source, epochs, steps, members, tta=False)
+    data = _data(params)
+    folders = [OUT / "members" / member for member, _, _ in members]
+    _reuse_recipe_run(OUT / "members" / "full-42")
+    for folder, member in zip(folders, params.ensemble.members, strict=True):
+        done = folder / MEMBER_FILE
+        if not (done.is_file() and json.loads(done.read_text())["status"] == "trained"):
+            print(f"== {name}: member {member.name}", flush=True)
+            train_member(params, member.name, data, folder)
+    records = [json.loads((f / MEMBER_FILE).read_text()) for f in folders]
+    result = {
+        "description": ARM_NAMES[name],
+        "members": [r["name"] for r in records],
+        "member_train_minutes": [round(r["train_seconds"] / 60, 1) for r in records],
+        # One node per member: the slowest member's own time. One machine: one after another.
+        "wall_minutes_k_nodes": round(max(r["train_seconds"] for r in records) / 60, 1),
+        "wall_minutes_one_machine": round(sum(r["train_seconds"] for r in records) / 60, 1),
+        "images_seen": int(sum(epochs * -(-steps // share) * params.train.batch_size for _, _, share in members)),
+    }
+    for tta in (False, True):
+        key = "tta" if tta else "plain"
+        tuned = _params(source, epochs, steps, members, tta=tta)
+        out = OUT / f"{name}-{key}"
+        built = build(tuned, folders, data, out)
+        metrics = evaluate(tuned, data, out, OUT / f"reports-{name}-{key}", log_to_mlflow=False)
+        test = metrics["test"]
+        result[key] = {
+            "test_mae": round(test["mae"], 2),
+            "test_mae_95ci": bootstrap_interval(OUT / f"reports-{name}-{key}" / "predictions.csv"),
+            "val_mae": round(built.val_mae, 2),
+            "interval_coverage": round(test["interval_coverage"], 3),
+            "interval_mean_width_months": round(test["interval_mean_width"], 1),
+            "test_n": test["n"],
+            "views": len(tuned.ensemble.tta.rotations_deg) + len(tuned.ensemble.tta.scales) + 1 if tta else 1,
+        }
+        print(f"== {name} {key}: {result[key]}", flush=True)
+    return result
+
+
+def _store(part: str, value) -> None:
+    data = {k: v for k, v in load_results().get(RESULT_KEY, {}).items() if k in ("real", "latency")}
+    data[part] = value
+    record(RESULT_KEY, {**data, "title": "ensembles: real films, serving latency", "machine": machine(), **_summary(data)})
+    write_readme(load_results()[RESULT_KEY])
+
+
+def _summary(data: dict) -> dict:
+    parts, ok = [], True
+    latency = data.get("latency")
+    if latency:
+        p50 = latency["ensemble_p50_ms"]
+        ok = p50 <= GOAL_P50_MS
+        parts.append(f"3-member ensemble p50 {p50:.0f} ms per image (one model {latency['single_p50_ms']:.0f} ms)")
+    real = data.get("real", {}).get("arms", {})
+    if "single" in real and "full" in real:
+        single, full = real["single"]["plain"]["test_mae"], real["full"]["plain"]["test_mae"]
+        parts.append(f"test MAE single {single:.2f}, 3 full members {full:.2f} months")
+    return {
+        "summary": "; ".join(parts),
+        "goal": f"ensemble of 3 p50 <= {GOAL_P50_MS:.0f} ms at {LATENCY_SIZE} px",
+        "verdict": verdict(ok),
+    }
+
+
+def real(source: Path, epochs: int, steps: int, only: list[str]) -> None:
+    done = load_results().get(RESULT_KEY, {}).get("real", {})
+    arms = dict(done.get("arms", {}))
+    for name in only:
+        arms[name] = _arm(name, source, epochs, steps)
+        _store(
+            "real",
+            {
+                "budget": f"{epochs} epochs x {steps} steps x 32 = {epochs * steps * 32:,} images per full budget",
+                "data": "real RSNA films, 100 px copies, rsna-cpu recipe; test split of bench_real",
+                "test_reads": len(arms) * 2,
+                "arms": arms,
+                "measured": time.strftime("%Y-%m-%d"),
+            },
+        )
+
+
+def latency() -> None:
+    from boneage.config import Params
+    from boneage.contracts import MODEL_FILE, PREDICTOR_FILE
+    from boneage.ensemble import combined_model, member_stack, views
+    from boneage.model import build_model
+    from boneage.predict import Predictor, PredictorConfig, predict_files
+
+    files = sorted(SAMPLES.glob("*.png"))
+    if not files:
+        raise SystemExit(f"no samples at {SAMPLES} (the latency benchmark reads ../shared/data)")
+    params = bench_params(**{"preset": "demo"})
+    models = [
+        (f"m{i}", build_model(params.model, LATENCY_SIZE, target_mean=127.0, target_sd=42.0).predict)
+        for i in range(LATENCY_MEMBERS)
+    ]
+    with_tta = params.model_dump(mode="json")
+    with_tta["ensemble"]["tta"]["enabled"] = True
+    tta_views = views(Params.model_validate(with_tta))
+    setups = {"single": (models[:1], [(0.0, 1.0)]), "ensemble": (models, [(0.0, 1.0)]), "ensemble_tta": (models, tta_views)}
+    out = {}
+    for name, (members, seen) in setups.items():
+        folder = OUT / f"latency-{name}"
+        folder.mkdir(parents=True, exist_ok=True)
+        inputs, stack, tap = member_stack(members, seen, LATENCY_SIZE)
+        combined_model(inputs, stack, tap, np.full(len(members), 1 / len(members)), 0.0).save(folder / MODEL_FILE)
+        PredictorConfig(
+            preprocess=params.preprocess.model_dump(mode="json"),
+            max_image_pixels=params.data.max_image_pixels,
+            use_sex=params.model.use_sex,
+            interval_level=0.9,
+            interval_halfwidth_months=12.0,
+        ).write(folder / PREDICTOR_FILE)
+        predictor = Predictor.load(str(folder))
+        for path in files[:3]:
+            predict_files(predictor, [path], sex="F")
+        p50s = []
+        for _ in range(REPEATS):
+            latencies = []
+            for path in files:
+                start = time.perf_counter()
+                predict_files(predictor, [path], sex="F")
+                latencies.append(1000 * (time.perf_counter() - start))
+            p50s.append(float(np.percentile(latencies, 50)))
+        out[name] = {"p50_ms": round(statistics.median(p50s), 1), "runs_p50_ms": [round(v, 1) for v in p50s], "views": len(seen)}
+        print(f"{name}: p50 {out[name]['p50_ms']} ms", flush=True)
+    _store(
+        "latency",
+        {
+            "image_size": LATENCY_SIZE,
+            "members": LATENCY_MEMBERS,
+            "images": len(files),
+            "single_p50_ms": out["single"]["p50_ms"],
+            "ensemble_p50_ms": out["ensemble"]["p50_ms"],
+            "ensemble_tta_p50_ms": out["ensemble_tta"]["p50_ms"],
+            "runs": out,
+            "measured": time.strftime("%Y-%m-%d"),
+        },
+    )
+
+
+def write_readme(data: dict) -> None:
+    """The README's ensemble block, from results.json alone."""
+    m = data.get("machine", {})
+    lines = [
+        f"Measured by `benchmarks/bench_ensemble.py` on {m.get('cpu', '?')}, {m.get('cores', '?')} cores, {m.get('date', '?')}."
+    ]
+    real_part = data.get("real")
+    if real_part:
+        lines += [
+            "",
+            f"Real films, one budget ({real_part['budget']}); {real_part['data']}. Test MAE with its bootstrap 95% interval; "
+            f"the 90% interval's coverage and mean width on the test films; the test split read {real_part['test_reads']} times "
+            "(once per arm and TTA setting).",
+            "",
+            "| arm | test MAE (months) | with TTA | interval coverage / width | wall: K nodes / one machine (min) |",
+            "|---|---|---|---|---|",
+        ]
+        for arm in real_part["arms"].values():
+            plain, tta = arm["plain"], arm["tta"]
+            low, high = plain["test_mae_95ci"]
+            lines.append(
+                f"| {arm['description']} | {plain['test_mae']:.2f} [{low:.2f}, {high:.2f}] "
+                f"| {tta['test_mae']:.2f} | {100 * plain['interval_coverage']:.1f}% / "
+                f"{plain['interval_mean_width_months']:.1f} months "
+                f"| {arm['wall_minutes_k_nodes']:.1f} / {arm['wall_minutes_one_machine']:.1f} |"
+            )
+    latency_part = data.get("latency")
+    if latency_part:
+        lines += [
+            "",
+            f"Serving one real film (1600×2080 PNG → bone age, the pyfunc's path), p50 over {latency_part['images']} films at "
+            f"{latency_part['image_size']} px: one model {latency_part['single_p50_ms']:.0f} ms, an ensemble of "
+            f"{latency_part['members']} {latency_part['ensemble_p50_ms']:.0f} ms, with TTA "
+            f"({latency_part['runs']['ensemble_tta']['views']} views) {latency_part['ensemble_tta_p50_ms']:.0f} ms "
+            f"(goal ≤ {GOAL_P50_MS:.0f} ms for the ensemble: {data.get('verdict', '?')}).",
+        ]
+    replace_readme_block("<!-- ensemble:start -->", "<!-- ensemble:end -->", "\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("part", choices=("real", "latency", "readme"))
+    parser.add_argument("--source", type=Path, help="a Kaggle-layout folder of real films")
+    parser.add_argument("--epochs", type=int, default=3, help="cosine epochs of the budget (bench_real's)")
+    parser.add_argument("--steps", type=int, default=200, help="steps per epoch of a full-budget member")
+    parser.add_argument("--only", nargs="*", default=list(ARMS), choices=list(ARMS))
+    args = parser.parse_args()
+    if args.part == "real":
+        if not args.source:
+            parser.error("--source is required")
+        real(args.source, args.epochs, args.steps, args.only)
+    elif args.part == "latency":
+        latency()
+    else:
+        write_readme(load_results()[RESULT_KEY])
+
+
+if __name__ == "__main__":
+    main()

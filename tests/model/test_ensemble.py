@@ -1,0 +1,219 @@
+"""Ensembles (boneage.ensemble): members trained from the recipe with their own seeds and sizes, a
+member that fails recorded and left out, the minimum enforced, the combination exactly the weighted
+members with their own corrections taken out, fixed test-time views, and a model that every
+scoring path (evaluate, predict, the registry) takes as it takes one model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from boneage.config import Params
+from boneage.contracts import MEMBER_FILE, TARGET_FILE
+from boneage.errors import BoneageError
+
+MEMBERS = [
+    {"name": "small", "seed": 1},
+    # A smaller backbone input than the prepared image: resized inside the member's model.
+    {"name": "resized", "seed": 2, "overrides": {"model.image_size": 64}},
+    # Fails the same way on every attempt: small_cnn has no ImageNet weights.
+    {"name": "broken", "seed": 3, "overrides": {"model.weights": "imagenet"}},
+]
+
+
+def tiny_params(tmp: Path, **ensemble) -> Params:
+    return Params.model_validate(
+        {
+            "seed": 4,
+            "data": {"source": str(tmp / "synth")},
+            "preprocess": {"image_size": 75, "workers": 1},
+            "model": {"backbone": "small_cnn", "weights": "none", "head_units": [32], "head_dropout": 0.0},
+            "train": {
+                "batch_size": 32,
+                "epochs": 2,
+                "learning_rate": 3e-3,
+                "lr_schedule": "cosine",
+                "bn_recalibration_images": 32,
+                "augment": {"enabled": False},
+            },
+            "ensemble": {"members": MEMBERS, **ensemble},
+            "mlflow": {
+                "tracking_uri": f"sqlite:///{tmp}/mlruns/mlflow.db",
+                "artifact_root": str(tmp / "mlruns" / "art"),
+                "log_system_metrics": False,
+            },
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def members(tmp_path_factory) -> SimpleNamespace:
+    from boneage.ensemble import train_member
+    from boneage.ingest import ingest
+    from boneage.preprocess import preprocess
+    from boneage.synth import write_dataset
+
+    tmp = tmp_path_factory.mktemp("ensemble")
+    write_dataset(tmp / "synth", count=200, seed=11, size=160, workers=1)
+    params = tiny_params(tmp)
+    result = ingest(params, tmp / "ingest")
+    preprocess(params, result.manifest_path, tmp / "pre")
+    records = {m.name: train_member(params, m.name, tmp / "pre", tmp / "members" / m.name) for m in params.ensemble.members}
+    dirs = [tmp / "members" / m.name for m in params.ensemble.members]
+    return SimpleNamespace(tmp=tmp, params=params, data=tmp / "pre", dirs=dirs, records=records)
+
+
+@pytest.fixture(scope="module")
+def built(members) -> SimpleNamespace:
+    from boneage.ensemble import build
+
+    result = build(members.params, members.dirs, members.data, members.tmp / "ensemble")
+    return SimpleNamespace(result=result, folder=members.tmp / "ensemble")
+
+
+def test_a_member_that_keeps_failing_is_recorded_with_its_reason_after_each_attempt(members):
+    broken = members.records["broken"]
+    assert broken["status"] == "failed" and broken["attempts"] == members.params.ensemble.member_attempts
+    assert "pretrained weights" in broken["reason"]
+    on_disk = json.loads((members.tmp / "members" / "broken" / MEMBER_FILE).read_text())
+    assert on_disk == broken
+    good = members.records["resized"]
+    assert good["status"] == "trained" and good["backbone_image_size"] == 64 and good["train_seconds"] > 0
+
+
+def test_the_ensemble_leaves_out_the_failed_member_and_records_which_are_in(built):
+    result = built.result
+    assert result.members == ["small", "resized"] and list(result.failed) == ["broken"]
+    provenance = json.loads((built.folder / "predictor.json").read_text())["provenance"]
+    assert provenance["members_in"] == "small,resized"
+    assert "pretrained weights" in provenance["members_failed"]["broken"]
+    assert provenance["members"]["resized"]["backbone_image_size"] == 64
+    assert provenance["dataset_kind"] == "synthetic"
+
+
+def test_fewer_finished_members_than_the_minimum_fail_naming_each_reason(members, tmp_path):
+    from boneage.ensemble import build
+
+    strict = members.params.model_copy(update={"ensemble": members.params.ensemble.model_copy(update={"min_members": 3})})
+    with pytest.raises(BoneageError, match=r"only 2 of 3 .*min_members \(3\): broken: .*pretrained weights"):
+        build(strict, members.dirs, members.data, tmp_path / "out")
+    missing = members.dirs[:1]  # the others never left a record
+    with pytest.raises(BoneageError, match="resized: no record"):
+        build(members.params, missing, members.data, tmp_path / "out")
+
+
+def test_the_ensemble_is_exactly_the_weighted_members_without_their_own_corrections_plus_its_own(members, built):
+    from boneage.dataset import make_dataset
+    from boneage.model import load_predict_model
+
+    ensemble = load_predict_model(built.folder / "model.keras")
+    inputs, _ = next(iter(make_dataset(members.data, "test", 75, 16)))
+    expected = np.full(16, built.result.offset_months)
+    for name, weight in zip(built.result.members, built.result.weights, strict=True):
+        member = load_predict_model(members.tmp / "members" / name / "model.keras")
+        own = json.loads((members.tmp / "members" / name / TARGET_FILE).read_text())["offset_months"]
+        expected += weight * (np.asarray(member.predict_on_batch(inputs)).reshape(-1) - own)
+    got = np.asarray(ensemble.predict_on_batch(inputs)).reshape(-1)
+    np.testing.assert_allclose(got, expected, atol=1e-3)
+
+
+def test_every_scoring_path_takes_the_ensemble_as_one_model(members, built):
+    from boneage.evaluate import evaluate
+    from boneage.predict import Predictor
+
+    predictor = Predictor.load(str(built.folder))
+    assert predictor.ood is not None  # one check for the ensemble, fitted on its training films
+    metrics = evaluate(members.params, members.data, built.folder, members.tmp / "reports", log_to_mlflow=False)
+    assert metrics["test"]["n"] > 0 and 0.0 <= metrics["test"]["interval_coverage"] <= 1.0
+
+
+def test_the_members_runs_become_children_of_the_ensembles_run(members, built):
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=members.params.mlflow.tracking_uri)
+    for name in built.result.members:
+        run = client.get_run(members.records[name]["run_id"])
+        assert run.data.tags["mlflow.parentRunId"] == built.result.run_id
+        assert run.data.tags["boneage.ensemble_member"] == name
+    parent = client.get_run(built.result.run_id).data
+    assert parent.metrics["ensemble_members"] == 2 and "member_val_mae_months.small" in parent.metrics
+
+
+def test_weighted_combination_fits_on_films_the_calibration_never_sees(members, tmp_path):
+    from boneage.ensemble import build, split_validation
+
+    fit, calibrate = split_validation([f"f{i}" for i in range(40)], 0.5, seed=4)
+    assert len(fit) == 20 and not set(fit) & set(calibrate) and len(set(fit) | set(calibrate)) == 40
+    weighted = members.params.model_copy(update={"ensemble": members.params.ensemble.model_copy(update={"combine": "weighted"})})
+    result = build(weighted, members.dirs, members.data, tmp_path / "weighted")
+    assert sum(result.weights) == pytest.approx(1.0) and all(w >= 0 for w in result.weights)
+
+
+def test_weights_recover_the_better_member():
+    from boneage.ensemble import fit_weights
+
+    rng = np.random.default_rng(0)
+    true = rng.uniform(0, 200, 500)
+    good, bad = true + rng.normal(0, 5, 500), true + rng.normal(0, 40, 500)
+    weights = fit_weights(np.column_stack([good, bad]), true, "weighted")
+    assert weights[0] > 0.9 and weights.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(fit_weights(np.column_stack([good, bad]), true, "mean"), [0.5, 0.5])
+
+
+def test_a_test_time_view_turns_and_scales_about_the_centre_and_never_mirrors():
+    from boneage.model import FixedView
+
+    image = np.zeros((1, 9, 9, 1), np.uint8)
+    image[0, 0:3, 4, 0] = 255  # a bar from the top edge to the centre
+    assert np.array_equal(np.asarray(FixedView(0.0, 1.0)(image)), image)
+    # A quarter turn is np.rot90's (counter-clockwise): the bar now points left, not right.
+    np.testing.assert_array_equal(np.asarray(FixedView(90.0, 1.0)(image))[0, :, :, 0], np.rot90(image[0, :, :, 0]))
+    shrunk = np.asarray(FixedView(0.0, 0.5)(image))[0, :, :, 0]
+    assert shrunk[0:2, 4].max() == 0 and shrunk[3, 4] > 0  # half the size, still about the centre
+
+
+def test_tta_views_travel_inside_the_saved_model(members, tmp_path):
+    from boneage.ensemble import build
+    from boneage.model import load_predict_model
+
+    tta = members.params.model_copy(update={"ensemble": members.params.ensemble.model_copy(update={"tta": {"enabled": True}})})
+    tta = Params.model_validate(tta.model_dump())
+    build(tta, members.dirs, members.data, tmp_path / "tta")
+    model = load_predict_model(tmp_path / "tta" / "model.keras")  # safe mode: FixedView is registered
+    assert sum(1 for layer in model.layers if layer.__class__.__name__ == "FixedView") == 4
+
+
+@pytest.mark.parametrize(
+    "ensemble, message",
+    [
+        ({"members": [{"name": "a"}, {"name": "a"}]}, "unique"),
+        ({"members": [{"name": "a"}], "min_members": 2}, "min_members 2 is more than the 1 members"),
+        ({"members": [{"name": "a", "overrides": {"preprocess.image_size": 128}}]}, "only model./train. keys"),
+        ({"members": [{"name": "a", "overrides": {"train.epochs": 0}}], "min_members": 1}, "ensemble member a"),
+        ({"members": [{"name": "Bad Name"}]}, "name"),
+    ],
+)
+def test_bad_member_lists_fail_at_load_time_naming_the_member(ensemble, message):
+    from pydantic import ValidationError
+
+    with pytest.raises((BoneageError, ValidationError), match=message):
+        Params.model_validate({"ensemble": ensemble})
+
+
+def test_a_member_trains_the_recipe_with_its_own_seed_and_overrides_and_no_check_of_its_own():
+    params = Params.model_validate(
+        {
+            "seed": 7,
+            "ensemble": {
+                "members": [{"name": "b3", "seed": 2, "overrides": {"model.backbone": "efficientnet_b3"}}],
+                "min_members": 1,
+            },
+        }
+    )
+    member = params.member_params(params.ensemble.members[0])
+    assert (member.seed, member.model.backbone, member.train.ood.enabled) == (2, "efficientnet_b3", False)
+    assert member.train.epochs == params.train.epochs and member.ensemble.members == ()
