@@ -198,12 +198,26 @@ def _metric_summary(metrics: dict, predictions: Path) -> dict:
     }
 
 
+def prepared_real(params, root: Path) -> Path:
+    """The real films ingested once under ``root`` and preprocessed per crop, size and CLAHE
+    (cached): the data every real-film benchmark trains on, with one split."""
+    from boneage.ingest import ingest
+    from boneage.preprocess import preprocess
+
+    manifest = root / "ingest" / "manifest.csv"
+    if not manifest.is_file():
+        ingest(params, root / "ingest")
+    cfg = params.preprocess
+    data = root / f"pre-{cfg.crop}-{cfg.image_size}px-clahe{cfg.clahe_clip_limit}"
+    if not (data / "manifest.csv").is_file():
+        preprocess(params, manifest, data)
+    return data
+
+
 def run_variant(name: str, source: Path, minutes: float, epochs: int, steps: int, seed_minutes: float) -> dict:
     """One variant, trained for the shared budget: ingest once, preprocess per crop and size,
     train, then evaluate (the one read of the test split for this recipe)."""
     from boneage.evaluate import evaluate
-    from boneage.ingest import ingest
-    from boneage.preprocess import preprocess
     from boneage.train import train
 
     overrides, _ = VARIANTS[name]
@@ -224,13 +238,7 @@ def run_variant(name: str, source: Path, minutes: float, epochs: int, steps: int
     else:
         budget = {"train.epochs": epochs, "train.steps_per_epoch": steps}
     params = bench_params(**{**common, **budget, **overrides})
-    manifest = root / "ingest" / "manifest.csv"
-    if not manifest.is_file():
-        ingest(params, root / "ingest")
-    cfg = params.preprocess
-    data = root / f"pre-{cfg.crop}-{cfg.image_size}px-clahe{cfg.clahe_clip_limit}"
-    if not (data / "manifest.csv").is_file():
-        preprocess(params, manifest, data)
+    data = prepared_real(params, root)
     start = time.perf_counter()
     result = train(params, data, root / f"models-{name}")
     train_minutes = (time.perf_counter() - start) / 60

@@ -17,14 +17,28 @@ from boneage.standards import SDS_THRESHOLD, sex_code, table
 
 def grad_cam(predictor: Predictor, image: np.ndarray, male: bool) -> np.ndarray:
     """Grad-CAM on the backbone's last feature map: where the predicted age is most sensitive,
-    upsampled to the image and scaled to 0..1."""
+    upsampled to the image and scaled to 0..1. For an ensemble, the mean of its members' maps
+    (each scaled to 0..1 first, on the image as given: test-time views are not mapped back)."""
     import cv2
+
+    from boneage.model import ENSEMBLE_MEMBER_PREFIX
+
+    model = predictor.model
+    members = [layer for layer in model.layers if layer.name.startswith(ENSEMBLE_MEMBER_PREFIX)]
+    maps = [_member_cam(m, image, male) for m in members or [model]]
+    cam = np.mean([c / c.max() if c.max() > 0 else c for c in maps], axis=0)
+    cam = cv2.resize(cam.astype(np.float32), image.shape[1::-1], interpolation=cv2.INTER_LINEAR)
+    return cam / cam.max() if cam.max() > 0 else cam
+
+
+def _member_cam(model, image: np.ndarray, male: bool) -> np.ndarray:
+    """One model's Grad-CAM at its feature map's resolution (zeros when the age has no gradient)."""
     import keras
     import tensorflow as tf
 
-    model = predictor.model
     features = model.get_layer("pool").input  # the backbone's feature map, in this model's graph
-    probe = keras.Model(model.inputs, [features, model.output])
+    age = model.outputs[0]  # an ensemble's first member also outputs its features
+    probe = keras.Model(model.inputs, [features, age])
     batch = {
         "image": tf.constant(image.reshape(1, *image.shape[:2], 1).astype(np.uint8)),
         "male": tf.constant([[1.0 if male else 0.0]], dtype=tf.float32),
@@ -33,14 +47,13 @@ def grad_cam(predictor: Predictor, image: np.ndarray, male: bool) -> np.ndarray:
         fmap, age = probe(batch, training=False)
     grads = tape.gradient(age, fmap)
     if grads is None:
-        return np.zeros(image.shape[:2], dtype=np.float32)
+        return np.zeros(fmap.shape[1:3], dtype=np.float32)
     weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
     cam = tf.nn.relu(tf.reduce_sum(weights * fmap, axis=-1))[0].numpy()
     # Either sign of the gradient says "this region moves the age"; fall back to |cam| if relu kills all.
     if cam.max() <= 0:
         cam = np.abs(tf.reduce_sum(weights * fmap, axis=-1)[0].numpy())
-    cam = cv2.resize(cam.astype(np.float32), image.shape[1::-1], interpolation=cv2.INTER_LINEAR)
-    return cam / cam.max() if cam.max() > 0 else cam
+    return cam
 
 
 # A heatmap whose spread is below this share of its peak shows no region more than another.

@@ -45,7 +45,7 @@ from boneage.contracts import (
 )
 from boneage.dataset import make_dataset
 from boneage.errors import BoneageError
-from boneage.model import IMAGE_INPUT, OUTPUT, SEX_INPUT, FixedView, load_predict_model
+from boneage.model import ENSEMBLE_MEMBER_PREFIX, IMAGE_INPUT, OUTPUT, SEX_INPUT, FixedView, load_predict_model
 from boneage.ood import POOL_LAYER
 from boneage.predict import PredictorConfig, calibrate_interval
 
@@ -195,7 +195,7 @@ def views(params: Params) -> list[tuple[float, float]]:
 
 
 def _layer_name(name: str) -> str:
-    return "member_" + name.replace("-", "_")
+    return ENSEMBLE_MEMBER_PREFIX + name.replace("-", "_")
 
 
 def member_stack(members: list[tuple[str, keras.Model]], views: list[tuple[float, float]], size: int):
@@ -219,7 +219,7 @@ def member_stack(members: list[tuple[str, keras.Model]], views: list[tuple[float
                 if k == 0:
                     tap = _features_tap(features)
             months.append(out)
-        outputs.append(layers.Average(name=f"{_layer_name(name)}_views")(months) if len(months) > 1 else months[0])
+        outputs.append(layers.Average(name=f"views_of_{name.replace('-', '_')}")(months) if len(months) > 1 else months[0])
     stack = layers.Concatenate(name="members")(outputs) if len(outputs) > 1 else outputs[0]
     return {IMAGE_INPUT: image, SEX_INPUT: male}, stack, tap
 

@@ -22,6 +22,8 @@ from boneage.errors import BoneageError
 IMAGE_INPUT = "image"
 SEX_INPUT = "male"
 OUTPUT = "boneage"
+# An ensemble (boneage.ensemble) holds each member as a nested model named with this prefix.
+ENSEMBLE_MEMBER_PREFIX = "member_"
 
 
 @dataclass(frozen=True)

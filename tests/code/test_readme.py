@@ -1,6 +1,6 @@
 """The README is the user's manual: its benchmark table is the one `make bench` last wrote, its
-real-data figures the ones `make bench-real` last wrote, and its demo figures the ones
-`benchmarks/bench_demo.py` last wrote."""
+real-data figures the ones `make bench-real` last wrote, its demo figures the ones
+`benchmarks/bench_demo.py` last wrote, and its ensemble figures `benchmarks/bench_ensemble.py`'s."""
 
 from __future__ import annotations
 
@@ -43,6 +43,17 @@ def test_readme_shows_the_demo_figures_that_bench_demo_wrote():
     from benchmarks.bench_demo import END, START, block
 
     data = json.loads(RESULTS.read_text()).get("demo", {})
+    text = README.read_text()
+    shown = re.search(re.escape(START) + "(.*?)" + re.escape(END), text, re.S).group(1).strip()
+    assert shown == block(data).strip()
+
+
+def test_readme_shows_the_ensemble_figures_that_bench_ensemble_wrote():
+    import re
+
+    from benchmarks.bench_ensemble import END, START, block
+
+    data = json.loads(RESULTS.read_text()).get("ensemble", {})
     text = README.read_text()
     shown = re.search(re.escape(START) + "(.*?)" + re.escape(END), text, re.S).group(1).strip()
     assert shown == block(data).strip()

@@ -131,6 +131,20 @@ def test_every_scoring_path_takes_the_ensemble_as_one_model(members, built):
     assert metrics["test"]["n"] > 0 and 0.0 <= metrics["test"]["interval_coverage"] <= 1.0
 
 
+def test_grad_cam_of_an_ensemble_is_the_mean_of_its_members_maps(members, built):
+    from boneage.clinical_report import grad_cam
+    from boneage.dataset import make_dataset
+    from boneage.predict import Predictor
+
+    predictor = Predictor.load(str(built.folder))
+    inputs, _ = next(iter(make_dataset(members.data, "test", 75, 1)))
+    image = inputs["image"].numpy()[0, :, :, 0]
+    cam = grad_cam(predictor, image, male=True)
+    assert cam.shape == image.shape and np.isfinite(cam).all() and cam.max() == pytest.approx(1.0)
+    members_only = [layer.name for layer in predictor.model.layers if layer.name.startswith("member_")]
+    assert members_only == ["member_small", "member_resized"]
+
+
 def test_the_members_runs_become_children_of_the_ensembles_run(members, built):
     import mlflow
 
