@@ -157,14 +157,13 @@ def test_the_members_runs_become_children_of_the_ensembles_run(members, built):
     assert parent.metrics["ensemble_members"] == 2 and "member_val_mae_months.small" in parent.metrics
 
 
-def test_weighted_combination_fits_on_films_the_calibration_never_sees(members, tmp_path):
-    from boneage.ensemble import build, split_validation
+def test_weighted_combination_fits_on_films_the_calibration_never_sees():
+    from boneage.ensemble import split_validation
 
-    fit, calibrate = split_validation([f"f{i}" for i in range(40)], 0.5, seed=4)
-    assert len(fit) == 20 and not set(fit) & set(calibrate) and len(set(fit) | set(calibrate)) == 40
-    weighted = members.params.model_copy(update={"ensemble": members.params.ensemble.model_copy(update={"combine": "weighted"})})
-    result = build(weighted, members.dirs, members.data, tmp_path / "weighted")
-    assert sum(result.weights) == pytest.approx(1.0) and all(w >= 0 for w in result.weights)
+    ids = [f"f{i}" for i in range(40)]
+    fit, calibrate = split_validation(ids, 0.5, seed=4)
+    assert len(fit) == 20 and not set(fit) & set(calibrate) and sorted(fit + calibrate) == sorted(ids)
+    assert split_validation(list(reversed(ids)), 0.5, seed=4) == (fit, calibrate)  # the order given does not matter
 
 
 def test_weights_recover_the_better_member():
@@ -190,15 +189,23 @@ def test_a_test_time_view_turns_and_scales_about_the_centre_and_never_mirrors():
     assert shrunk[0:2, 4].max() == 0 and shrunk[3, 4] > 0  # half the size, still about the centre
 
 
-def test_tta_views_travel_inside_the_saved_model(members, tmp_path):
-    from boneage.ensemble import build
-    from boneage.model import load_predict_model
+def test_tta_views_travel_inside_the_saved_model_and_are_averaged(members, tmp_path):
+    from boneage.dataset import make_dataset
+    from boneage.ensemble import combined_model, member_stack, views
+    from boneage.model import FixedView, load_predict_model
 
-    tta = members.params.model_copy(update={"ensemble": members.params.ensemble.model_copy(update={"tta": {"enabled": True}})})
-    tta = Params.model_validate(tta.model_dump())
-    build(tta, members.dirs, members.data, tmp_path / "tta")
-    model = load_predict_model(tmp_path / "tta" / "model.keras")  # safe mode: FixedView is registered
-    assert sum(1 for layer in model.layers if layer.__class__.__name__ == "FixedView") == 4
+    raw = members.params.model_dump(mode="json")
+    raw["ensemble"]["tta"]["enabled"] = True
+    seen = views(Params.model_validate(raw))
+    assert seen == [(0.0, 1.0), (-5.0, 1.0), (5.0, 1.0), (0.0, 0.95), (0.0, 1.05)]  # no flips
+    member = load_predict_model(members.tmp / "members" / "small" / "model.keras")
+    inputs, stack, tap = member_stack([("small", member)], seen, 75)
+    combined_model(inputs, stack, tap, np.ones(1), 0.0).save(tmp_path / "tta.keras")
+    model = load_predict_model(tmp_path / "tta.keras")  # safe mode: FixedView is registered
+    assert sum(isinstance(layer, FixedView) for layer in model.layers) == 4
+    batch, _ = next(iter(make_dataset(members.data, "test", 75, 8)))
+    by_view = [member.predict_on_batch({**batch, "image": FixedView(d, s)(batch["image"])}) for d, s in seen]
+    np.testing.assert_allclose(model.predict_on_batch(batch), np.mean(by_view, axis=0), atol=1e-3)
 
 
 @pytest.mark.parametrize(

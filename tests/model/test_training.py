@@ -43,6 +43,8 @@ def tiny_params(tmp: Path, **train) -> Params:
                 "lr_schedule": "cosine",
                 "early_stopping_patience": 50,
                 "augment": {"enabled": False},
+                # Training mechanics are under test here; the check has its own tests (test_ood, test_predict).
+                "ood": {"enabled": False},
                 **train,
             },
             "mlflow": {
