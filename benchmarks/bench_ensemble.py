@@ -119,7 +119,7 @@ def _reuse_recipe_run(folder: Path) -> None:
 def _arm(name: str, source: Path, epochs: int, steps: int, with_tta: bool = True) -> dict:
     from benchmarks.bench_real import bootstrap_interval, prepared_real
     from boneage.contracts import MEMBER_FILE
-    from boneage.ensemble import build, train_member
+    from boneage.ensemble import build, train_member, views
     from boneage.evaluate import evaluate
 
     members = ARMS[name]
@@ -156,7 +156,7 @@ def _arm(name: str, source: Path, epochs: int, steps: int, with_tta: bool = True
             "interval_coverage": round(test["interval_coverage"], 3),
             "interval_mean_width_months": round(test["interval_mean_width"], 1),
             "test_n": test["n"],
-            "views": len(tuned.ensemble.tta.rotations_deg) + len(tuned.ensemble.tta.scales) + 1 if tta else 1,
+            "views": len(views(tuned)),
         }
         print(f"== {name} {key}: {result[key]}", flush=True)
     return result

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import resource
 import sys
 import time
 from dataclasses import dataclass
@@ -45,7 +44,7 @@ from boneage.contracts import (
 )
 from boneage.dataset import make_dataset
 from boneage.errors import BoneageError
-from boneage.model import ENSEMBLE_MEMBER_PREFIX, IMAGE_INPUT, OUTPUT, SEX_INPUT, FixedView, load_predict_model
+from boneage.model import ENSEMBLE_MEMBER_PREFIX, IMAGE_INPUT, OUTPUT, SEX_INPUT, FixedView, load_predict_model, save_model_atomic
 from boneage.ood import POOL_LAYER
 from boneage.predict import PredictorConfig, calibrate_interval
 
@@ -75,10 +74,6 @@ def find_member(params: Params, name: str) -> EnsembleMember:
     raise BoneageError(f"ensemble member {name!r} is not in ensemble.members (members: {known})")
 
 
-def _cpu_seconds() -> float:
-    return sum(u.ru_utime + u.ru_stime for u in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))
-
-
 def train_member(params: Params, name: str, data_dir: Path, out_dir: Path) -> dict:
     """Train member ``name`` into ``out_dir`` and write its record (``member.json``): trained, with
     its run and its measured time, or failed, with the reason of its last attempt."""
@@ -92,7 +87,7 @@ def train_member(params: Params, name: str, data_dir: Path, out_dir: Path) -> di
     attempts = params.ensemble.member_attempts
     record = {"name": name, "seed": member_params.seed, "overrides": dict(member.overrides)}
     for attempt in range(1, attempts + 1):
-        wall, cpu = time.perf_counter(), _cpu_seconds()
+        wall, cpu = time.perf_counter(), tracking.cpu_seconds()
         try:
             result = train(member_params, data_dir, out_dir, run_name=f"member-{name}", run_tags={MEMBER_TAG: name})
         except Exception as exc:  # any failure of one member is recorded; the ensemble step decides
@@ -113,7 +108,7 @@ def train_member(params: Params, name: str, data_dir: Path, out_dir: Path) -> di
             backbone_image_size=member_params.model.image_size or member_params.preprocess.image_size,
             # The member's own time: what one node of a cluster would spend on it.
             train_seconds=round(time.perf_counter() - wall, 1),
-            cpu_seconds=round(_cpu_seconds() - cpu, 1),
+            cpu_seconds=round(tracking.cpu_seconds() - cpu, 1),
         )
         break
     write_json_atomic(out_dir / MEMBER_FILE, record)
@@ -141,8 +136,8 @@ class EnsembleResult:
     val_mae: float
 
 
-def read_records(params: Params, member_dirs: list[Path]) -> tuple[dict[str, Path], dict[str, str]]:
-    """(folder of each configured member that finished, reason for each that did not)."""
+def read_records(params: Params, member_dirs: list[Path]) -> tuple[dict[str, tuple[Path, dict]], dict[str, str]]:
+    """((folder, record) of each configured member that finished, reason for each that did not)."""
     found: dict[str, tuple[Path, dict]] = {}
     for folder in map(Path, member_dirs):
         path = folder / MEMBER_FILE
@@ -160,15 +155,14 @@ def read_records(params: Params, member_dirs: list[Path]) -> tuple[dict[str, Pat
         elif not (folder / MODEL_FILE).is_file():
             failed[member.name] = f"recorded as trained, but {folder / MODEL_FILE} is missing"
         else:
-            trained[member.name] = folder
+            trained[member.name] = (folder, record)
     return trained, failed
 
 
-def _load_members(params: Params, trained: dict[str, Path], data_dir: Path) -> list[Member]:
+def _load_members(params: Params, trained: dict[str, tuple[Path, dict]], data_dir: Path) -> list[Member]:
     card = read_dataset_card(data_dir)
     members = []
-    for name, folder in trained.items():
-        record = json.loads((folder / MEMBER_FILE).read_text())
+    for name, (folder, record) in trained.items():
         provenance = tracking.read_provenance(folder)
         if card.get("fingerprint") and provenance.get("dataset_fingerprint") not in (None, card["fingerprint"]):
             raise BoneageError(
@@ -353,7 +347,7 @@ def build(params: Params, member_dirs: list[Path], data_dir: Path, out_dir: Path
             }
         )
         ood.fit_for_model(model, data_dir, out_dir, params)
-        _save(model, out_dir / MODEL_FILE)
+        save_model_atomic(model, out_dir / MODEL_FILE)
         write_json_atomic(out_dir / TARGET_FILE, {"offset_months": interval.offset_months, "weights": weights.tolist()})
         model_uri = packaging.log_scoring_model(model, out_dir, size, provenance)
         tracking.write_run_file(out_dir, run.info.run_id, experiment_id, tracking.tracking_uri(params), model_uri)
@@ -371,13 +365,6 @@ def build(params: Params, member_dirs: list[Path], data_dir: Path, out_dir: Path
         interval.offset_months,
         val_mae,
     )
-
-
-def _save(model: keras.Model, path: Path) -> None:
-    from boneage.contracts import atomic_path
-
-    with atomic_path(path) as tmp:
-        model.save(tmp)
 
 
 def _provenance(params: Params, members: list[Member], failed: dict[str, str], weights: np.ndarray) -> dict:

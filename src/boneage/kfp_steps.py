@@ -18,6 +18,7 @@ from pathlib import Path
 from boneage.config import Params, parse_params
 from boneage.contracts import CONTACT_SHEET_FILE, MANIFEST_FILE, METRICS_FILE, REGISTRY_FILE
 from boneage.errors import BoneageError
+from boneage.tracking import cpu_seconds
 
 INGEST_QUARANTINE_ROWS = 20  # rows of the quarantine table shown in the KFP UI
 
@@ -34,13 +35,6 @@ class StepOutcome:
         Path(path).write_text(self.markdown)
 
 
-def _cpu_seconds() -> float:
-    """CPU time of this process and of its finished worker processes."""
-    return sum(
-        usage.ru_utime + usage.ru_stime for usage in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-    )
-
-
 def _timed(step):
     """Record the step's own work (the library call, not the pod start or the imports) as
     ``work_seconds`` on its output artifact: shown in the KFP UI, and how `make bench` separates the
@@ -48,7 +42,7 @@ def _timed(step):
 
     @functools.wraps(step)
     def timed(*args, **kwargs) -> StepOutcome:
-        start, cpu_start = time.perf_counter(), _cpu_seconds()
+        start, cpu_start = time.perf_counter(), cpu_seconds()
         outcome = step(*args, **kwargs)
         wall = time.perf_counter() - start
         outcome.metadata["work_seconds"] = round(wall, 3)
@@ -57,7 +51,7 @@ def _timed(step):
         # kfp.local), and its CPU time, workers included, per second of work.
         peak_kb = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
         outcome.metadata["peak_memory_mb"] = round(peak_kb / 1024, 1)
-        outcome.metadata["cpu_seconds_per_second"] = round((_cpu_seconds() - cpu_start) / max(wall, 1e-9), 2)
+        outcome.metadata["cpu_seconds_per_second"] = round((cpu_seconds() - cpu_start) / max(wall, 1e-9), 2)
         return outcome
 
     return timed

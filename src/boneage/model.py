@@ -17,6 +17,7 @@ import numpy as np
 from keras import layers
 
 from boneage.config import ModelConfig
+from boneage.contracts import atomic_path
 from boneage.errors import BoneageError
 
 IMAGE_INPUT = "image"
@@ -192,6 +193,12 @@ class FixedView(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "degrees": self.degrees, "scale": self.scale}
+
+
+def save_model_atomic(model: keras.Model, path: Path) -> None:
+    """Save a model so that a reader never sees half of the file."""
+    with atomic_path(path) as tmp:
+        model.save(tmp)
 
 
 def load_predict_model(path: Path) -> keras.Model:

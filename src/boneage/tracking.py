@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -141,6 +142,11 @@ IMAGE_LINEAGE_ENV = {
     "image.version": "BONEAGE_IMAGE_VERSION",
     "image.lock_sha256": "BONEAGE_LOCK_SHA256",
 }
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished worker processes."""
+    return sum(u.ru_utime + u.ru_stime for u in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))
 
 
 def image_lineage() -> dict[str, str]:

@@ -28,14 +28,21 @@ from boneage.contracts import (
     PREDICTOR_FILE,
     RUN_FILE,
     TARGET_FILE,
-    atomic_path,
     read_dataset_card,
     read_manifest,
     write_json_atomic,
 )
 from boneage.dataset import make_dataset, predict_split, split_fit_data
 from boneage.errors import BoneageError
-from boneage.model import BoneAgeModel, MonthsMAE, build_model, from_train_model, make_loss, recalibrate_batchnorm
+from boneage.model import (
+    BoneAgeModel,
+    MonthsMAE,
+    build_model,
+    from_train_model,
+    make_loss,
+    recalibrate_batchnorm,
+    save_model_atomic,
+)
 from boneage.predict import PredictorConfig, calibrate_interval
 
 CHECKPOINT_MODEL_FILE = "train.keras"
@@ -77,11 +84,6 @@ def _config_fingerprint(params: Params, data_dir: Path) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def _atomic_save(model: keras.Model, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        model.save(tmp)
-
-
 class _EpochEnd(keras.callbacks.Callback):
     """Per epoch: checkpoint (model with optimizer state, then state.json, both atomic),
     history row, MLflow metrics, and the wall-clock budget: training stops after an epoch when
@@ -100,7 +102,7 @@ class _EpochEnd(keras.callbacks.Callback):
 
         logs = dict(logs or {})
         logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        _atomic_save(self.model, self.ckpt_dir / CHECKPOINT_MODEL_FILE)
+        save_model_atomic(self.model, self.ckpt_dir / CHECKPOINT_MODEL_FILE)
         state = {"fingerprint": self.fingerprint, "epoch": epoch + 1, "phase": self.phase, "completed": False}
         write_json_atomic(self.ckpt_dir / CHECKPOINT_STATE_FILE, state)
         row = {"epoch": epoch + 1, "phase": self.phase, **{k: round(float(v), 6) for k, v in logs.items()}}
@@ -390,7 +392,7 @@ def _calibrate_and_save(
         model = from_train_model(model.train, data.target_mean, data.target_sd, offset)
         mlflow.log_metric("val_bias_correction_months", offset)
         print(f"bias correction from the validation split: {offset:+.2f} months", file=sys.stderr)
-    _atomic_save(model.predict, out_dir / MODEL_FILE)
+    save_model_atomic(model.predict, out_dir / MODEL_FILE)
     write_json_atomic(
         out_dir / TARGET_FILE, {"mean_months": data.target_mean, "sd_months": data.target_sd, "offset_months": offset}
     )
