@@ -154,11 +154,12 @@ bench-ood: setup
 bench-demo: setup
 	$(BIN)/python -m benchmarks.bench_demo run
 
-# Training images/s on an NVIDIA GPU (299 and 512 px, with and without mixed precision).
+# The GPU recipe on an NVIDIA GPU: images/s at 299, 384 and 512 px (float32 and mixed precision)
+# and a short rsna-gpu run on SOURCE's real films (benchmarks/gpu.sh), the one script for a lent GPU.
 bench-gpu:
 	@$(BIN)/python -c "import tensorflow as tf, sys; sys.exit(not tf.config.list_physical_devices('GPU'))" 2>/dev/null || \
 	  { echo "error: TensorFlow sees no GPU here; on a GPU machine: make setup EXTRAS=gpu,services,dev (fresh clone)"; exit 1; }
-	benchmarks/gpu.sh
+	SOURCE=$(or $(SOURCE),../shared/data/rsna-100px) benchmarks/gpu.sh
 
 # The images (one Dockerfile): the CPU image for every step but training, the GPU image for training.
 # BASE_IMAGE: python:3.11-slim-bookworm where a registry is reachable, or the Debian base made here

@@ -34,7 +34,7 @@ from boneage.contracts import PREDICTIONS_FILE
 RESULT_KEY = "real_data"
 REAL_PRESET = "rsna-cpu"
 BOXES_FILE = "hand-boxes.csv"
-CROPS = ("hand-v1", "hand")
+CROPS = ("hand-v1", "hand", "locator")
 # Variants of the recipe of record compared under one equal budget: name -> (params overrides, text).
 VARIANTS = {
     "recipe": ({}, "the recipe of record (rsna-cpu)"),
@@ -52,13 +52,15 @@ def _locate(job: tuple[str, str, str]) -> tuple[str, tuple | None, str | None]:
     import cv2
 
     from boneage.errors import BadInputError
-    from boneage.handcrop import locate_hand, locate_hand_v1
+    from boneage.handcrop import LOCATORS
 
     image_id, path, crop = job
     pixels = cv2.imread(path, cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH)
-    cfg = bench_params(**{"preset": REAL_PRESET, "preprocess.crop": crop}).preprocess
+    # The rules keep the margin they were measured with; the locator takes the recipe's.
+    overrides = {"preset": REAL_PRESET, "preprocess.crop": crop} | ({} if crop == "locator" else {"preprocess.crop_margin": 0.03})
+    cfg = bench_params(**overrides).preprocess
     try:
-        box = (locate_hand_v1 if crop == "hand-v1" else locate_hand)(pixels, cfg)
+        box = LOCATORS[crop](pixels, cfg)
     except BadInputError as exc:
         return image_id, None, exc.reason
     return image_id, (box.x0, box.y0, box.x1, box.y1), None
@@ -85,25 +87,76 @@ def crop_quality(source: Path, crop: str, workers: int = 2) -> dict:
     }
     boxes_path = source / BOXES_FILE
     if boxes_path.is_file():
+        from boneage.ingest import assign_split
+
         people = pd.read_csv(boxes_path, dtype={"id": str})
-        covered = tight = good = 0
+        split = bench_params(preset=REAL_PRESET)
+        # The locator was fitted on the boxes of the films the split puts in training: the others it never saw.
+        unseen = [assign_split(i, split.seed, split.data.split.val, split.data.split.test) != "train" for i in people["id"]]
+        good = []
+        covered = tight = 0
         for row in people.itertuples():
             truth = Box(row.x0_100, row.y0_100, row.x1_100, row.y1_100)
             crop_box = boxes_by_id.get(row.id)
             if crop_box is None:
+                good.append(False)
                 continue
             crop_box = Box(*crop_box)
             covered += crop_box.covered_fraction(truth) >= GOOD_CROP_MIN_COVERAGE
             tight += crop_box.area <= GOOD_CROP_MAX_AREA_RATIO * truth.area
-            good += crop_box.is_good_crop_of(truth)
+            good.append(crop_box.is_good_crop_of(truth))
         n = len(people)
         out.update(
             boxes=n,
-            good_pct=round(100 * good / n, 1),
+            good_pct=round(100 * sum(good) / n, 1),
             covered_pct=round(100 * covered / n, 1),
             tight_pct=round(100 * tight / n, 1),
+            unseen_boxes=int(sum(unseen)),
+            unseen_good_pct=round(100 * sum(g for g, u in zip(good, unseen, strict=True) if u) / max(1, sum(unseen)), 1),
+            missed_ids=[i for i, g in zip(people["id"], good, strict=True) if not g],
         )
     return out
+
+
+MISSES_SHEET = PROJECT / "docs" / "crop-misses.png"
+SHEET_TILE = 160
+
+
+def misses_sheet(source: Path, crops: dict) -> None:
+    """docs/crop-misses.png: every film whose crop misses its person's box, for the rules (above)
+    and the learned locator (below): the person's box in green, the crop in red."""
+    import cv2
+    import numpy as np
+
+    people = pd.read_csv(source / BOXES_FILE, dtype={"id": str}).set_index("id")
+    rows = []
+    for crop in ("hand", "locator"):
+        missed = crops.get(crop, {}).get("missed_ids", [])
+        found = dict((i, b) for i, b, _ in map(_locate, [(i, str(_image_dir(source) / f"{i}.png"), crop) for i in missed]))
+        tiles = []
+        for image_id in missed:
+            film = cv2.imread(str(_image_dir(source) / f"{image_id}.png"), cv2.IMREAD_GRAYSCALE)
+            scale = SHEET_TILE / max(film.shape)
+            tile = cv2.cvtColor(cv2.resize(film, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA), cv2.COLOR_GRAY2BGR)
+            t = people.loc[image_id]
+            corners = [(int(t.x0_100 * scale), int(t.y0_100 * scale)), (int(t.x1_100 * scale), int(t.y1_100 * scale))]
+            cv2.rectangle(tile, *corners, (0, 200, 0), 1)
+            if found.get(image_id):
+                x0, y0, x1, y1 = (int(v * scale) for v in found[image_id])
+                cv2.rectangle(tile, (x0, y0), (x1 - 1, y1 - 1), (0, 0, 255), 1)
+            cv2.putText(tile, image_id, (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 255, 255), 1)
+            canvas = np.zeros((SHEET_TILE, SHEET_TILE, 3), np.uint8)
+            canvas[: tile.shape[0], : tile.shape[1]] = tile
+            tiles.append(canvas)
+        columns = 12
+        tiles += [np.zeros_like(tiles[0]) if tiles else np.zeros((SHEET_TILE, SHEET_TILE, 3), np.uint8)] * (-len(tiles) % columns)
+        label = np.zeros((24, columns * SHEET_TILE, 3), np.uint8)
+        names = {"hand": "rules on thresholds", "locator": "learned locator"}
+        cv2.putText(label, f"{names[crop]}: {len(missed)} misses of {crops[crop].get('boxes', 0)} people's boxes",
+                    (4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (255, 255, 255), 1)  # fmt: skip
+        rows += [label, *[np.hstack(tiles[i : i + columns]) for i in range(0, len(tiles), columns)]]
+    MISSES_SHEET.parent.mkdir(exist_ok=True)
+    cv2.imwrite(str(MISSES_SHEET), np.vstack(rows))
 
 
 def recipe_figures(workspace: Path) -> dict:
@@ -257,6 +310,83 @@ def run_variant(name: str, source: Path, minutes: float, epochs: int, steps: int
     }
 
 
+# The recipe search: candidates for the recipe of record, each given the same training budget
+# (train.budget_minutes of the preset: the epochs that fit are planned at each one's own pace) on
+# the same split, chosen on the validation films only; the test split is never read here.
+CANDIDATES = {
+    "inception-96-b32": ({"train.batch_size": 32, "train.learning_rate": 1e-3}, "InceptionV3 at 96 px, batch 32"),
+    "inception-96-b128": ({"train.batch_size": 128, "train.learning_rate": 2e-3}, "InceptionV3 at 96 px, batch 128"),
+    "inception-128-b64": (
+        {"model.image_size": 128, "train.batch_size": 64, "train.learning_rate": 1.4e-3},
+        "InceptionV3 seeing 128 px (resized in the model), batch 64",
+    ),
+    "inception-96-b128-huber": (
+        {"train.batch_size": 128, "train.learning_rate": 2e-3, "train.loss": "huber"},
+        "InceptionV3 at 96 px, batch 128, Huber loss",
+    ),
+}
+
+
+def val_mae(model_dir: Path, data_dir: Path, params) -> float:
+    """The saved model's validation MAE, each film scored as evaluate and serving score it (put
+    upright by its check, bias-corrected): what candidates are chosen on."""
+    from boneage.dataset import predict_split
+    from boneage.model import load_predict_model
+    from boneage.ood import OodCheck
+
+    check = OodCheck.load(model_dir / "ood.npz") if (model_dir / "ood.npz").is_file() else None
+    model = load_predict_model(model_dir / "model.keras")
+    pred = predict_split(model, data_dir, "val", params.preprocess.image_size, params.train.batch_size, check)
+    scored = pred.merge(pd.read_csv(data_dir / "manifest.csv", dtype={"id": str}), on="id")
+    return float((scored["predicted"] - scored["boneage"]).abs().mean())
+
+
+def run_candidate(name: str, source: Path) -> dict:
+    """One candidate of the search, trained with the preset's budget; validation figures only."""
+    import mlflow
+
+    from boneage.train import train
+
+    overrides, description = CANDIDATES[name]
+    root = WORK / "real"
+    params = bench_params(
+        **{
+            "preset": REAL_PRESET,
+            "data.source": str(source),
+            "mlflow.tracking_uri": f"sqlite:///{root}/mlruns.db",
+            "mlflow.artifact_root": str(root / "mlruns"),
+            "mlflow.experiment": "bench-real-search",
+            "mlflow.log_system_metrics": False,
+            # The plan is made at the pace of the second epoch; the time limit is lifted so that other
+            # work on the machine afterwards changes how long a candidate takes, not how far it trains.
+            "train.max_minutes": None,
+            **overrides,
+        }
+    )
+    data = prepared_real(params, root)
+    start = time.perf_counter()
+    result = train(params, data, root / f"search-{name}")
+    minutes = (time.perf_counter() - start) / 60
+    tags = mlflow.MlflowClient(params.mlflow.tracking_uri).get_run(result.run_id).data.tags
+    history = pd.read_csv(root / f"search-{name}" / "history.csv")
+    n_train = int((pd.read_csv(data / "manifest.csv")["split"] == "train").sum())
+    steps = params.train.steps_per_epoch or -(-n_train // params.train.batch_size)
+    return {
+        "description": description,
+        "overrides": overrides,
+        "val_mae": round(val_mae(root / f"search-{name}", data, params), 2),
+        "best_epoch_val_mae": round(float(history["val_mae_months"].min()), 2),
+        "epochs": int(len(history)),
+        "images_seen": int(len(history) * steps * params.train.batch_size),
+        "seconds_per_epoch": float(tags.get("boneage.seconds_per_epoch", "nan")),
+        "budget_minutes": params.train.budget_minutes,
+        "planned_minutes": round(len(history) * float(tags.get("boneage.seconds_per_epoch", "nan")) / 60, 1),
+        "wall_minutes": round(minutes, 1),
+        "precision": tags.get("boneage.training_precision"),
+        "curve": [{"epoch": int(r.epoch), "val_mae": round(float(r.val_mae_months), 2)} for r in history.itertuples()],
+    }
+
+
 def store(part: str, value) -> None:
     data = {k: v for k, v in load_results().get(RESULT_KEY, {}).items() if k in PARTS}
     data[part] = value
@@ -273,7 +403,7 @@ def store(part: str, value) -> None:
     write_readme_block(load_results().get(RESULT_KEY, {}))
 
 
-PARTS = ("crop", "recipe", "variants")
+PARTS = ("crop", "recipe", "variants", "search")
 
 
 def _summary(data: dict) -> dict:
@@ -291,7 +421,7 @@ def _summary(data: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=("crop", "recipe", "variants", "compare", "readme"))
+    parser.add_argument("part", choices=("crop", "recipe", "variants", "search", "compare", "readme"))
     parser.add_argument("--source", type=Path, help="a Kaggle-layout folder of real films")
     parser.add_argument("--workspace", type=Path, default=PROJECT, help="where `make real-data` ran")
     parser.add_argument("--minutes", type=float, default=30.0, help="a limit on each variant's training (safety)")
@@ -299,15 +429,24 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200, help="steps (of the preset's batch) per epoch")
     parser.add_argument("--seed-minutes", type=float, default=18.0, help="the seed preset's wall-clock budget")
     parser.add_argument("--only", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--candidates", nargs="*", default=list(CANDIDATES), choices=list(CANDIDATES))
     args = parser.parse_args()
-    if args.part in ("crop", "variants") and not args.source:
+    if args.part in ("crop", "variants", "search") and not args.source:
         parser.error("--source is required")
     if args.part == "crop":
-        store("crop", {crop: crop_quality(args.source, crop) for crop in CROPS})
+        crops = {crop: crop_quality(args.source, crop) for crop in CROPS}
+        misses_sheet(args.source, crops)
+        store("crop", crops)
     elif args.part == "recipe":
         store("recipe", {**recipe_figures(args.workspace), "machine": machine()})
     elif args.part == "compare":
         store("variants", compare_with_recipe(load_results().get(RESULT_KEY, {}).get("variants", {})))
+    elif args.part == "search":
+        done = load_results().get(RESULT_KEY, {}).get("search", {})
+        for name in args.candidates:
+            print(f"== candidate {name}: {CANDIDATES[name][1]}", flush=True)
+            done[name] = {**run_candidate(name, args.source), "machine": machine()}
+            store("search", done)
     elif args.part == "variants":
         done = load_results().get(RESULT_KEY, {}).get("variants", {})
         for name in args.only:

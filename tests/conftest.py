@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import csv
+import json
+import os
+import platform
+import time
 from pathlib import Path
 
 import cv2
@@ -18,10 +22,56 @@ RSNA_LABELS = SHARED_DATA / "rsna-labels"
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
+# CI sets this: a shared file that is missing fails its test instead of skipping it, so that a
+# regression cannot hide behind a skip.
+REQUIRE_SHARED_DATA = os.environ.get("BONEAGE_REQUIRE_SHARED_DATA") == "1"
+DURATIONS_FILE = REPO / "reports" / "test-durations.json"
+
+
 def require(path: Path) -> Path:
     if not path.exists():
-        pytest.skip(f"{path} not present (the real RSNA sample lives in ../shared/data)")
+        message = f"{path} not present (the real RSNA sample lives in ../shared/data)"
+        if REQUIRE_SHARED_DATA:
+            pytest.fail(f"{message}; BONEAGE_REQUIRE_SHARED_DATA=1 forbids skipping")
+        pytest.skip(message)
     return path
+
+
+_durations: dict[str, float] = {}
+_outcomes: dict[str, str] = {}
+_started = time.time()
+
+
+def pytest_runtest_logreport(report):
+    """Each test's time (setup, call and teardown together) and outcome, for DURATIONS_FILE."""
+    _durations[report.nodeid] = _durations.get(report.nodeid, 0.0) + report.duration
+    if report.when == "call" or report.outcome != "passed":
+        _outcomes[report.nodeid] = report.outcome
+
+
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.machine()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Write every test's duration (a run of the whole suite or of part of it) where people look."""
+    if not _durations:
+        return
+    DURATIONS_FILE.parent.mkdir(exist_ok=True)
+    record = {
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "markers": session.config.getoption("markexpr") or "",
+        "session_seconds": round(time.time() - _started, 1),
+        "tests": len(_durations),
+        "outcomes": {k: sum(v == k for v in _outcomes.values()) for k in sorted(set(_outcomes.values()))},
+        "durations": dict(sorted(((k, round(v, 2)) for k, v in _durations.items()), key=lambda kv: -kv[1])),
+    }
+    DURATIONS_FILE.write_text(json.dumps(record, indent=1) + "\n")
 
 
 @pytest.fixture

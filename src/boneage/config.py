@@ -78,10 +78,14 @@ class DataConfig(_Strict):
 
 class PreprocessConfig(_Strict):
     image_size: Annotated[int, Field(ge=75, le=1024)] = 299  # 75 px is InceptionV3's minimum
-    # "hand": find the hand and crop to it. "none": the seed recipe's whole-image squash.
-    # "hand-v1": the first hand crop, kept only to measure what the current one buys.
-    crop: Literal["hand", "hand-v1", "none"] = "hand"
+    # "locator": the learned hand locator (boneage.handlocator) finds the hand and the crop takes it.
+    # "hand": the rules on thresholds find it. "none": the seed recipe's whole-image squash.
+    # "hand-v1": the first rules, kept only to measure what the later crops buy.
+    crop: Literal["locator", "hand", "hand-v1", "none"] = "locator"
+    # Around the hand's box, on each side: this fraction of the box's longer side.
     crop_margin: Annotated[float, Field(ge=0.0, le=0.5)] = 0.03
+    # crop "locator": a packaged locator's name (src/boneage/resources/NAME.npz) or an .npz path.
+    locator: str = "hand-locator-v1"
     # Side of the thumbnail on which the hand is located; the crop is then taken at full resolution.
     detect_size: Annotated[int, Field(ge=64, le=2048)] = 384
     window_percentiles: tuple[float, float] = (0.5, 99.5)
@@ -165,6 +169,9 @@ class TrainConfig(_Strict):
     reduce_lr_factor: Annotated[float, Field(gt=0, lt=1)] = 0.5
     min_learning_rate: Annotated[float, Field(gt=0)] = 1e-6
     early_stopping_patience: Annotated[int, Field(ge=1)] = 5
+    # What counts as an improvement of the validation MAE for plateau decay and early stopping: a
+    # fall of more than this many months (0: any fall).
+    min_improvement_months: Annotated[float, Field(ge=0)] = 0.0
     shuffle_buffer: Annotated[int, Field(ge=1)] = 2048
     # Before each validation, re-estimate BatchNorm statistics on this many un-augmented training
     # images ("precise BN"; 0 disables). From random weights the moving averages lag the
@@ -192,12 +199,24 @@ class TrainConfig(_Strict):
     interval_by_band: bool = True
     interval_min_band_films: Annotated[int, Field(ge=1)] = 100
     ood: OodConfig = OodConfig()
-    # "auto": mixed precision and MirroredStrategy when GPUs are present, plain float32 on CPU.
+    # Hold the training split's decoded images in memory (images x side^2 bytes: 81 MB for 8,832
+    # films at 96 px) and shuffle all of them each pass, instead of decoding PNGs every epoch
+    # through a shuffle buffer.
+    cache_images: bool = True
+    # The arithmetic of training (boneage.precision). "auto": mixed float16 on a GPU, bfloat16
+    # matrix products on a CPU that does bfloat16 natively (AVX512-BF16, AMX), else float32.
+    # "on": the same, but an error where only float32 is fast. "off": float32. Restored after training.
     mixed_precision: Literal["auto", "on", "off"] = "auto"
     # XLA-compile the training step. Off by default: on this 2-core CPU a whole demo epoch took as
     # long with it as without (71 s vs 2x42 s for half the steps) and compiling cost ~100 s more.
     jit_compile: bool = False
-    # Stop the run (between epochs) after this many minutes; None: no limit.
+    # Fit the training to this many minutes: after the second epoch of the (last) phase, plan how
+    # many more epochs fit in what is left at the pace measured, at most `epochs`, and end the cosine
+    # decay with them. The same recipe thus uses an hour fully on a fast CPU and a slow one (each
+    # run records its plan). None: train `epochs` as written.
+    budget_minutes: Annotated[float, Field(gt=0)] | None = None
+    # Stop the run (between epochs) after this many minutes; None: no limit. A hard stop, where
+    # budget_minutes is a plan.
     max_minutes: Annotated[float, Field(gt=0)] | None = None
 
 

@@ -1,5 +1,6 @@
-"""tf.data input pipelines over the TFRecord shards: streamed, decoded in parallel, augmented on
-the fly, prefetched. Nothing is held in memory beyond the shuffle buffer."""
+"""tf.data input pipelines over the TFRecord shards: decoded in parallel, augmented on the fly,
+prefetched. Training either streams the shards through a shuffle buffer, or (``cache``) decodes
+the split once, holds it in memory and shuffles all of it every pass."""
 
 from __future__ import annotations
 
@@ -70,22 +71,22 @@ def make_dataset(
     seed: int = 0,
     with_ids: bool = False,
     examples: int | None = None,
+    cache: bool = False,
 ) -> tf.data.Dataset:
     """Batches of ({image, male}, standardised age); ids too for evaluation when ``with_ids``.
 
-    A training dataset repeats forever. A finite one told its number of ``examples`` knows its
-    length, so Keras ends each validation pass cleanly instead of running into the end of the
-    data (and warning that it "ran out of data")."""
+    A training dataset repeats forever; with ``cache`` (and its number of ``examples``) its decoded
+    images are held in memory and all of them shuffled each pass. A finite one told its number of
+    ``examples`` knows its length, so Keras ends each validation pass cleanly instead of running
+    into the end of the data (and warning that it "ran out of data")."""
     files = [str(p) for p in shard_paths(Path(directory), split)]
     if not files:
         raise BoneageError(f"{directory}: no {split} shards ({split}-*.tfrecord); run `boneage preprocess` first")
-    ds = tf.data.Dataset.from_tensor_slices(files)
-    if training:
-        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(files)), num_parallel_calls=AUTOTUNE, deterministic=True)
-    if training:
-        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
-    ds = ds.map(lambda r: parse_example(r, image_size), num_parallel_calls=AUTOTUNE, deterministic=True)
+    if training and cache:
+        everything = max(examples or 0, shuffle_buffer)
+        ds = _cached_examples(files, image_size).shuffle(everything, seed=seed, reshuffle_each_iteration=True).repeat()
+    else:
+        ds = _streamed_examples(files, image_size, training, shuffle_buffer, seed)
     ds = ds.batch(batch_size, drop_remainder=False)
     if training and augment is not None and augment.enabled:
         ds = ds.enumerate().map(
@@ -105,46 +106,66 @@ def make_dataset(
     return ds.prefetch(AUTOTUNE)
 
 
+def _streamed_examples(files: list[str], image_size: int, training: bool, shuffle_buffer: int, seed: int) -> tf.data.Dataset:
+    """Records read from the shards (in a shuffled shard order and through a shuffle buffer when
+    training, repeating forever) and decoded."""
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if training:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(files)), num_parallel_calls=AUTOTUNE, deterministic=True)
+    if training:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
+    return ds.map(lambda r: parse_example(r, image_size), num_parallel_calls=AUTOTUNE, deterministic=True)
+
+
+def _cached_examples(files: list[str], image_size: int) -> tf.data.Dataset:
+    """Every record of the shards decoded once, in shard order, then served from memory."""
+    ds = tf.data.TFRecordDataset(files, num_parallel_reads=min(4, len(files)))
+    return ds.map(lambda r: parse_example(r, image_size), num_parallel_calls=AUTOTUNE, deterministic=True).cache()
+
+
 def predict_split(model: keras.Model, data_dir: Path, split: str, image_size: int, batch_size: int, ood=None) -> pd.DataFrame:
     """Predicted months for every record of one split: columns id, predicted; with an
-    out-of-distribution check (boneage.ood.OodCheck), ood_score too (above 1: refused)."""
+    out-of-distribution check (boneage.ood.OodCheck), each film is put upright first (the check's
+    `score_checked`, as in serving) and ood_score and view come too (ood_score above 1: refused)."""
     if ood is None:
         rows = []
         for inputs, _, ids in make_dataset(data_dir, split, image_size, batch_size, with_ids=True):
             pred = model.predict_on_batch(inputs).reshape(-1)
             rows.extend(zip([i.decode() for i in ids.numpy()], pred.tolist(), strict=True))
         return pd.DataFrame(rows, columns=["id", "predicted"])
-    from boneage.ood import scoring_model
+    from boneage.ood import score_checked, scoring_model
 
     scorer, frames = scoring_model(model), []
     for inputs, _, ids in make_dataset(data_dir, split, image_size, batch_size, with_ids=True):
-        pred, features = scorer.predict_on_batch(inputs)
+        judged = score_checked(scorer, ood, {k: v.numpy() for k, v in inputs.items()})
         frames.append(
             pd.DataFrame(
                 {
                     "id": [i.decode() for i in ids.numpy()],
-                    "predicted": np.asarray(pred).reshape(-1),
-                    "ood_score": ood.scores(features, inputs[IMAGE_INPUT].numpy()),
+                    "predicted": judged.months,
+                    "ood_score": judged.ratios,
+                    "view": judged.views,
                 }
             )
         )
     return pd.concat(frames, ignore_index=True)
 
 
-def split_fit_data(model: keras.Model, data_dir: Path, split: str, image_size: int, batch_size: int, image_side: int, turns: int):
+def split_fit_data(model: keras.Model, data_dir: Path, split: str, image_size: int, batch_size: int, image_side: int, views: int):
     """(ids and predictions of one split, what fitting an out-of-distribution check needs from it:
-    pooled features, texture signatures, and image signatures of the first ``turns`` quarter turns)."""
-    from boneage.ood import FitData, image_signature, pooled, scoring_model, texture_signature, turned
+    pooled features, texture signatures, and image signatures of the first ``views`` views)."""
+    from boneage.ood import FitData, image_signature, in_view, pooled, scoring_model, texture_signature
 
     scorer = scoring_model(model)
-    rows, features, textures, signatures = [], [], [], [[] for _ in range(turns)]
+    rows, features, textures, signatures = [], [], [], [[] for _ in range(views)]
     for inputs, _, ids in make_dataset(data_dir, split, image_size, batch_size, with_ids=True):
         pred, feats = scorer.predict_on_batch(inputs)
         images = inputs[IMAGE_INPUT].numpy()
         features.append(pooled(feats))
         textures.append(texture_signature(images))
-        for k in range(turns):
-            signatures[k].append(image_signature(turned(images, k), image_side))
+        for view in range(views):
+            signatures[view].append(image_signature(in_view(images, view), image_side))
         rows.extend(zip([i.decode() for i in ids.numpy()], np.asarray(pred).reshape(-1).tolist(), strict=True))
     data = (
         FitData(np.concatenate(features), np.concatenate(textures), [np.concatenate(s) for s in signatures]) if features else None

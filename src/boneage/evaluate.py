@@ -42,7 +42,15 @@ def regression_metrics(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
         "within_6m": float((abs_err <= 6).mean()),
         "within_12m": float((abs_err <= 12).mean()),
         "bias": float(err.mean()),
+        # Least-squares slope of predicted on true age: 1 for a model without a pull toward the middle.
+        "slope": _slope(true, pred),
     }
+
+
+def _slope(true, pred) -> float:
+    true, pred = np.asarray(true, float), np.asarray(pred, float)
+    spread = float(((true - true.mean()) ** 2).sum())
+    return float(((true - true.mean()) * (pred - pred.mean())).sum() / spread) if spread > 0 else float("nan")
 
 
 def group_metrics(df: pd.DataFrame) -> dict[str, float]:
@@ -115,7 +123,7 @@ def flat_metrics(metrics: dict) -> dict[str, float]:
     flat = {}
     for split in EVAL_SPLITS:
         m = metrics.get(split, {})
-        for key in ("mae", "rmse", "median_ae", "within_6m", "within_12m", "bias", "interval_coverage", "ood_refused"):
+        for key in ("mae", "rmse", "median_ae", "within_6m", "within_12m", "bias", "slope", "interval_coverage", "ood_refused"):
             if key in m:
                 flat[f"{split}_{key}"] = m[key]
         for group in ("by_sex", "by_age_band"):

@@ -30,6 +30,8 @@ BACKGROUND_PERCENTILE = 10
 # Markers and labels are the brightest few pixels of a film: above this percentile, clipped.
 MARKER_PERCENTILE = 99.0
 MIN_HAND_CONTRAST = 8.0
+# A film whose thumbnail spans fewer grey levels than this is blank.
+BLANK_RANGE = 8
 # Where between the background and Otsu's level the hand starts; chosen on the 400 people's boxes
 # over 0.3-1.0: lower levels let the field's penumbra in, higher ones cut the fingertips.
 HAND_LEVEL_FRACTION = 0.8
@@ -133,9 +135,13 @@ def _clear_film_frame(mask: np.ndarray) -> np.ndarray:
 
 def _blurred_thumbnail(pixels: np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarray, float]:
     thumb, scale = _thumbnail(pixels, cfg.detect_size)
-    if int(thumb.max()) - int(thumb.min()) < 8:
-        raise BadInputError("no hand found: image is blank")
+    _refuse_blank(thumb)
     return cv2.GaussianBlur(thumb, (5, 5), 0), scale
+
+
+def _refuse_blank(thumb: np.ndarray) -> None:
+    if int(thumb.max()) - int(thumb.min()) < BLANK_RANGE:
+        raise BadInputError("no hand found: image is blank")
 
 
 def _mask_at(blurred: np.ndarray, level: float) -> np.ndarray:
@@ -298,6 +304,28 @@ def locate_hand_v1(pixels: np.ndarray, cfg: PreprocessConfig) -> Box:
     return _scaled_box(_bounds(kept), cfg.crop_margin, scale, pixels.shape)
 
 
+def locate_hand_learned(pixels: np.ndarray, cfg: PreprocessConfig) -> Box:
+    """Box around the hand from the learned locator (boneage.handlocator), with the margin. Refuses
+    only a blank image: the locator finds the most hand-like place on anything else."""
+    from boneage import handlocator
+
+    locator = handlocator.load(cfg.locator)
+    thumb = handlocator.thumbnail(pixels, locator.side)
+    _refuse_blank(thumb)
+    h, w = pixels.shape
+    x0, y0, x1, y1 = locator.locate(thumb) * np.array([w, h, w, h])
+    margin = cfg.crop_margin * max(x1 - x0, y1 - y0)
+    return Box(
+        x0=max(0, int(x0 - margin)),
+        y0=max(0, int(y0 - margin)),
+        x1=min(w, int(np.ceil(x1 + margin))),
+        y1=min(h, int(np.ceil(y1 + margin))),
+    )
+
+
+LOCATORS = {"locator": locate_hand_learned, "hand": locate_hand, "hand-v1": locate_hand_v1}
+
+
 def _fit_square(crop: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:
     """Resize keeping the aspect ratio, then pad to side x side. Returns the image and its content mask."""
     h, w = crop.shape
@@ -349,6 +377,6 @@ def prepare(pixels: np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarray, Box]
         # The seed recipe: squash the whole film to a square, distorting the aspect ratio.
         squashed = cv2.resize(pixels, (side, side), interpolation=cv2.INTER_AREA)
         return normalise_contrast(squashed, np.ones_like(squashed, dtype=bool), cfg), Box(0, 0, w, h)
-    box = locate_hand_v1(pixels, cfg) if cfg.crop == "hand-v1" else locate_hand(pixels, cfg)
+    box = LOCATORS[cfg.crop](pixels, cfg)
     square, content = _fit_square(pixels[box.y0 : box.y1, box.x0 : box.x1], side)
     return normalise_contrast(square, content, cfg), box

@@ -177,3 +177,30 @@ def read_radiograph_bytes(data: bytes, max_pixels: int) -> Radiograph:
     if len(data) >= 132 and data[128:132] == b"DICM":
         return _read_dicom(data, max_pixels)
     return Radiograph(_read_raster(data, max_pixels))
+
+
+# --- The eight symmetries of a square image -----------------------------------------------------
+# A film may arrive turned by quarter turns or mirrored (a right hand imaged instead of the left):
+# view v is the upright image mirrored left-right when v >= 4, then turned v % 4 quarter turns
+# counter-clockwise. View 0 is upright.
+DIHEDRAL_VIEWS = 8
+
+
+def dihedral(image: np.ndarray, view: int, axes: tuple[int, int] = (0, 1)) -> np.ndarray:
+    """``image`` in ``view`` (its rows and columns are ``axes``: (1, 2) for a batch)."""
+    if view >= 4:
+        image = np.flip(image, axes[1])
+    return np.rot90(image, view % 4, axes)
+
+
+def undo_dihedral(image: np.ndarray, view: int, axes: tuple[int, int] = (0, 1)) -> np.ndarray:
+    """The upright image, from one seen in ``view``."""
+    image = np.rot90(image, -(view % 4), axes)
+    return np.flip(image, axes[1]) if view >= 4 else image
+
+
+def describe_view(view: int) -> str | None:
+    """How a film in ``view`` arrived, in words (None: upright)."""
+    turns = {1: "turned 90° counter-clockwise", 2: "turned 180°", 3: "turned 90° clockwise"}
+    parts = (["mirrored (a right hand, or the film flipped)"] if view >= 4 else []) + [turns[view % 4]] * bool(view % 4)
+    return " and ".join(parts) or None

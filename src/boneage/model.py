@@ -61,13 +61,15 @@ def _keras_cache_path(spec: BackboneSpec) -> Path:
 
 
 def resolve_weights(cfg: ModelConfig) -> str | None:
-    """The ``weights=`` argument for keras.applications, or a clear error. Never a silent fallback."""
+    """The ``weights=`` argument for keras.applications, or a clear error. Never a silent fallback.
+    "imagenet" is Keras' own file where a download left it (KERAS_HOME/models/), else Keras downloads it."""
     spec = BACKBONES[cfg.backbone]
     choice = cfg.weights.strip()
     if choice.lower() == "none":
         return None
     if choice.lower() == "imagenet":
-        return "imagenet"
+        cached = _keras_cache_path(spec)
+        return str(cached) if cached.is_file() else "imagenet"
     path = Path(choice).expanduser()
     if not path.is_file():
         raise BoneageError(
@@ -75,6 +77,46 @@ def resolve_weights(cfg: ModelConfig) -> str | None:
             f"{Path(spec.weights_file).name} (from {WEIGHTS_URL}{spec.weights_file})"
         )
     return str(path)
+
+
+# An attribute of the weights files `write_stand_in_weights` makes: tests and benchmarks run the
+# ImageNet path offline with them, and a model started from one never claims ImageNet weights.
+STAND_IN_ATTRIBUTE = "boneage_stand_in"
+
+
+def write_stand_in_weights(backbone: str, keras_home: Path) -> Path:
+    """A stand-in for Keras' ImageNet weights file of ``backbone`` (without its top): the same file
+    name, format and layers, random values, marked as a stand-in. For offline tests and benchmarks
+    of the ImageNet path only; nothing trained from it is an ImageNet-initialised model."""
+    import h5py
+    from keras.src.legacy.saving import legacy_h5_format
+
+    spec = BACKBONES[backbone]
+    path = Path(keras_home) / "models" / Path(spec.weights_file).name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    network = getattr(keras.applications, spec.factory)(include_top=False, weights=None)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as fh:
+        legacy_h5_format.save_weights_to_hdf5_group(fh, network)
+        fh.attrs[STAND_IN_ATTRIBUTE] = True
+    return path
+
+
+def weights_origin(cfg: ModelConfig) -> str:
+    """What a model's backbone started from, for its provenance: none, imagenet, stand-in (random
+    values in Keras' file, see write_stand_in_weights) or the path of a weights file."""
+    choice = resolve_weights(cfg)
+    if choice is None or choice == "imagenet":
+        return choice or "none"
+    import h5py
+
+    try:
+        with h5py.File(choice, "r") as fh:
+            stand_in = bool(fh.attrs.get(STAND_IN_ATTRIBUTE, False))
+    except OSError:
+        stand_in = False
+    if stand_in:
+        return "stand-in"
+    return "imagenet" if cfg.weights.strip().lower() == "imagenet" else choice
 
 
 def _imagenet_error(cfg: ModelConfig, exc: Exception) -> BoneageError:

@@ -12,9 +12,12 @@ validation films' scores (which fitted nothing); an input above any threshold is
   Laplacian: contrast and grain, in a few dimensions of their own (among the layout's hundreds a
   difference in texture would be diluted). It tells drawn films from radiographs, both ways;
 - ``orientation``: how unsure a classifier, trained to tell the training films from the same films
-  turned by 90, 180 and 270 degrees, is that the input is upright (self-supervised rotation
-  prediction, as in Hendrycks et al., NeurIPS 2019). A hand upside down looks like a hand to the
-  other three.
+  turned by 90, 180 and 270 degrees and mirrored (self-supervised rotation prediction, as in
+  Hendrycks et al., NeurIPS 2019), is of which way up the input is.
+
+That classifier also puts films upright before anything else looks at them: a film that arrives
+turned or mirrored (a right hand) is turned back and unmirrored, and the output says so, the way
+BoneXpert accepts such films. Checks fitted before mirror images were learned know the four turns.
 
 Covariances are Ledoit-Wolf shrunk (thousands of features, thousands of films: the sample
 covariance is singular). Scores are reported as a ratio to their threshold: above 1 is refused.
@@ -29,6 +32,7 @@ import numpy as np
 
 from boneage.config import OodConfig
 from boneage.errors import BoneageError
+from boneage.imaging import DIHEDRAL_VIEWS, dihedral, undo_dihedral
 
 # The layer whose output the regression head reads (boneage.model names it).
 POOL_LAYER = "pool"
@@ -44,7 +48,7 @@ PART_NAMES = {
 TEXTURE_BINS = 16
 GRADIENT_LOG_RANGE = (0.0, 8.0)
 LAPLACIAN_LOG_RANGE = (0.0, 7.0)
-QUARTER_TURNS = 4
+BATCH_AXES = (1, 2)  # rows and columns of a batch of images
 
 
 def scoring_model(predict_model):
@@ -106,8 +110,9 @@ def _frames(images: np.ndarray) -> np.ndarray:
     return images.reshape(len(images), images.shape[1], images.shape[2])
 
 
-def turned(images: np.ndarray, quarter_turns: int) -> np.ndarray:
-    return np.rot90(np.asarray(images), quarter_turns, axes=(1, 2))
+def in_view(images: np.ndarray, view: int) -> np.ndarray:
+    """A batch of upright images [N, S, S(, 1)] taken to ``view`` (boneage.imaging.dihedral)."""
+    return dihedral(np.asarray(images), view, BATCH_AXES)
 
 
 @dataclass(frozen=True)
@@ -139,29 +144,34 @@ class Gaussian:
 
 @dataclass(frozen=True)
 class Orientation:
-    """Multinomial logistic regression over quarter turns of the image signature; the score is
-    -log P(upright)."""
+    """Multinomial logistic regression over the views (boneage.imaging.dihedral) of the image
+    signature: which view an image is in, and how unsure of it the classifier is (-log P(that view))."""
 
     mean: np.ndarray
     scale: np.ndarray
-    coef: np.ndarray  # [QUARTER_TURNS, features]
-    intercept: np.ndarray  # [QUARTER_TURNS]
+    coef: np.ndarray  # [views, features]: 8, or 4 turns in checks fitted before mirror images
+    intercept: np.ndarray  # [views]
 
     @classmethod
-    def fit(cls, signatures_by_turn: list[np.ndarray], cfg: OodConfig) -> Orientation:
+    def fit(cls, signatures_by_view: list[np.ndarray], cfg: OodConfig) -> Orientation:
         from sklearn.linear_model import LogisticRegression
 
-        x = np.concatenate(signatures_by_turn).astype(np.float64)
-        y = np.repeat(np.arange(len(signatures_by_turn)), [len(s) for s in signatures_by_turn])
+        x = np.concatenate(signatures_by_view).astype(np.float64)
+        y = np.repeat(np.arange(len(signatures_by_view)), [len(s) for s in signatures_by_view])
         mean, scale = x.mean(axis=0), np.maximum(x.std(axis=0), np.finfo(np.float32).eps)
         fitted = LogisticRegression(C=cfg.orientation_regularisation, max_iter=cfg.orientation_max_iterations)
         fitted.fit((x - mean) / scale, y)
         return cls(mean.astype(np.float32), scale.astype(np.float32), fitted.coef_.astype(np.float32), fitted.intercept_)
 
-    def score(self, signatures: np.ndarray) -> np.ndarray:
+    def views(self, signatures: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per image: the view it is most likely in, and -log of that probability (the score)."""
         logits = ((np.asarray(signatures, dtype=np.float32) - self.mean) / self.scale) @ self.coef.T + self.intercept
         logits = logits - logits.max(axis=1, keepdims=True)
-        return -(logits[:, 0] - np.log(np.exp(logits).sum(axis=1)))
+        log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        return log_p.argmax(axis=1), -log_p.max(axis=1)
+
+    def score(self, signatures: np.ndarray) -> np.ndarray:
+        return self.views(signatures)[1]
 
 
 @dataclass(frozen=True)
@@ -176,19 +186,26 @@ class OodCheck:
     train_films: int
     val_films: int
 
-    def raw_scores(self, features: np.ndarray, images: np.ndarray) -> dict[str, np.ndarray]:
+    def upright(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(the images put upright, the view each arrived in, the orientation score of each)."""
+        views, scores = self.orientation.views(image_signature(images, self.image_side))
+        fixed = np.stack([undo_dihedral(image, int(view)) for image, view in zip(np.asarray(images), views, strict=True)])
+        return fixed, views, scores
+
+    def raw_scores(self, features: np.ndarray, images: np.ndarray, orientation: np.ndarray | None = None):
+        """Each score of each (upright) image; ``orientation``: the scores ``upright`` gave them."""
         signatures = image_signature(images, self.image_side)
         return {
             "features": self.features.distance(pooled(features)),
             "image": self.image.distance(signatures),
             "texture": self.texture.distance(texture_signature(images)),
-            "orientation": self.orientation.score(signatures),
+            "orientation": self.orientation.score(signatures) if orientation is None else orientation,
         }
 
-    def judge(self, features: np.ndarray, images: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
+    def judge(self, features: np.ndarray, images: np.ndarray, orientation: np.ndarray | None = None):
         """Per input: its largest score as a multiple of that score's threshold (above 1: refused),
         and the reason it is refused (None when it passes). The signatures are computed once."""
-        raw = self.raw_scores(features, images)
+        raw = self.raw_scores(features, images, orientation)
         ratios = np.stack([raw[p] / self.thresholds[p] for p in PARTS])
         worst, largest = ratios.argmax(axis=0), ratios.max(axis=0)
         reasons = [
@@ -203,13 +220,13 @@ class OodCheck:
         ]
         return largest, reasons
 
-    def scores(self, features: np.ndarray, images: np.ndarray) -> np.ndarray:
+    def scores(self, features: np.ndarray, images: np.ndarray, orientation: np.ndarray | None = None) -> np.ndarray:
         """Per input: its largest score as a multiple of that score's threshold (above 1: refused)."""
-        return self.judge(features, images)[0]
+        return self.judge(features, images, orientation)[0]
 
-    def refusal(self, features: np.ndarray, images: np.ndarray) -> list[str | None]:
+    def refusal(self, features: np.ndarray, images: np.ndarray, orientation: np.ndarray | None = None) -> list[str | None]:
         """Per input, the reason it is refused, or None when it passes."""
-        return self.judge(features, images)[1]
+        return self.judge(features, images, orientation)[1]
 
     def save(self, path: Path) -> None:
         from boneage.contracts import atomic_path
@@ -246,11 +263,35 @@ class OodCheck:
 @dataclass
 class FitData:
     """What fitting a check needs from a split: pooled features, texture signatures and image
-    signatures (for the training split, of each quarter turn too)."""
+    signatures (for the training split, of each view too)."""
 
     features: np.ndarray
     textures: np.ndarray
-    signatures_by_turn: list[np.ndarray]
+    signatures_by_view: list[np.ndarray]
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """A batch scored with its check: months, each image's largest score as a multiple of its
+    threshold (above 1: refused), the reasons of the refused, the view each arrived in, and the
+    images as scored (upright)."""
+
+    months: np.ndarray
+    ratios: np.ndarray
+    reasons: list[str | None]
+    views: np.ndarray
+    images: np.ndarray
+
+
+def score_checked(scorer, check: OodCheck, inputs: dict) -> Assessment:
+    """Put the images of a model's ``inputs`` upright, then score them with ``scorer`` (the
+    scoring_model) and judge them: evaluation and serving alike score films with a check here."""
+    from boneage.model import IMAGE_INPUT
+
+    upright, views, orientation = check.upright(inputs[IMAGE_INPUT])
+    months, features = scorer.predict_on_batch({**inputs, IMAGE_INPUT: upright})
+    ratios, reasons = check.judge(features, upright, orientation)
+    return Assessment(np.asarray(months).reshape(-1), ratios, reasons, views, upright)
 
 
 def fit(train: FitData, val: FitData, cfg: OodConfig) -> OodCheck:
@@ -262,14 +303,14 @@ def fit(train: FitData, val: FitData, cfg: OodConfig) -> OodCheck:
             f"{len(val.features)}); set train.ood.enabled: false to train without one"
         )
     features = Gaussian.fit(train.features, cfg.sd_floor_fraction)
-    image = Gaussian.fit(train.signatures_by_turn[0], cfg.sd_floor_fraction)
+    image = Gaussian.fit(train.signatures_by_view[0], cfg.sd_floor_fraction)
     texture = Gaussian.fit(train.textures, cfg.sd_floor_fraction)
-    orientation = Orientation.fit(train.signatures_by_turn, cfg)
+    orientation = Orientation.fit(train.signatures_by_view, cfg)
     raw = {
         "features": features.distance(val.features),
-        "image": image.distance(val.signatures_by_turn[0]),
+        "image": image.distance(val.signatures_by_view[0]),
         "texture": texture.distance(val.textures),
-        "orientation": orientation.score(val.signatures_by_turn[0]),
+        "orientation": orientation.score(val.signatures_by_view[0]),
     }
     # A Bonferroni share of the refusals for each score.
     each = 1.0 - (1.0 - cfg.quantile) / len(PARTS)
@@ -294,7 +335,7 @@ def fit_for_model(predict_model, data_dir: Path, out_dir: Path, params, val_data
         path.unlink(missing_ok=True)  # a check left by an earlier run would judge another model
         return None
     size, batch = params.preprocess.image_size, params.train.batch_size
-    _, train_data = split_fit_data(predict_model, data_dir, "train", size, batch, cfg.image_side, QUARTER_TURNS)
+    _, train_data = split_fit_data(predict_model, data_dir, "train", size, batch, cfg.image_side, DIHEDRAL_VIEWS)
     if val_data is None:
         _, val_data = split_fit_data(predict_model, data_dir, "val", size, batch, cfg.image_side, 1)
     if train_data is None or val_data is None:

@@ -25,8 +25,8 @@ from boneage.contracts import (
     parse_sex,
 )
 from boneage.errors import BadInputError, BoneageError
-from boneage.imaging import IMAGE_SUFFIXES, Radiograph, read_radiograph
-from boneage.ood import OodCheck, scoring_model
+from boneage.imaging import IMAGE_SUFFIXES, Radiograph, describe_view, read_radiograph
+from boneage.ood import Assessment, OodCheck, score_checked, scoring_model
 from boneage.predictor_config import (  # noqa: F401  (re-exported: predict is where users look)
     SYNTHETIC_WARNING,
     UNKNOWN_PROVENANCE_WARNING,
@@ -130,6 +130,9 @@ class Prediction:
     # How unlike the model's training films (boneage.ood): the largest of its scores as a multiple of
     # that score's threshold; above 1 the image is refused. None for a model without a check.
     ood_score: float | None = None
+    # How the film arrived when it was not upright ("turned 90° clockwise", "mirrored ..."): it was
+    # put upright before it was scored (boneage.ood). None: upright, or a model without a check.
+    orientation: str | None = None
     box: tuple[int, int, int, int] | None = None
     prepared: np.ndarray | None = field(default=None, repr=False)
 
@@ -197,18 +200,20 @@ class Predictor:
         image, box = prepare(radiograph.pixels, self.preprocess_cfg)
         return image, (box.x0, box.y0, box.x1, box.y1)
 
-    def predict_prepared(self, images: np.ndarray, males: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, list]:
-        """Months for prepared images; with a check, each image's out-of-distribution score (above 1:
-        refused) and the reason it is refused (None when it passes)."""
+    def predict_prepared(self, images: np.ndarray, males: np.ndarray) -> Assessment:
+        """Months for prepared images; with a check (which puts them upright first), each image's
+        out-of-distribution score (above 1: refused), the reason it is refused (None when it
+        passes) and the view it arrived in."""
         batch = {
             "image": images.reshape(-1, self.image_size, self.image_size, 1).astype(np.uint8),
             "male": np.asarray(males, dtype=np.float32).reshape(-1, 1),
         }
         if self.ood is None:
-            return np.asarray(self.model.predict_on_batch(batch)).reshape(-1), None, [None] * len(images)
-        months, features = self._scoring.predict_on_batch(batch)
-        scores, refusals = self.ood.judge(features, batch["image"])
-        return np.asarray(months).reshape(-1), scores, refusals
+            months = np.asarray(self.model.predict_on_batch(batch)).reshape(-1)
+            return Assessment(
+                months, np.full(len(images), np.nan), [None] * len(images), np.zeros(len(images), int), batch["image"]
+            )
+        return score_checked(self._scoring, self.ood, batch)
 
     def admit(self, radiograph: Radiograph, source: str, sex=None, chronological_age=None) -> _Admitted:
         """Check the request and prepare the image; bad input gives a rejected Prediction."""
@@ -252,14 +257,14 @@ class Predictor:
         ready = [a for a in admitted if a.image is not None]
         for first in range(0, len(ready), batch_size):
             batch = ready[first : first + batch_size]
-            months, scores, refusals = self.predict_prepared(
-                np.stack([a.image for a in batch]), np.array([a.male for a in batch])
-            )
-            for i, (a, m) in enumerate(zip(batch, months, strict=True)):
-                if scores is not None:
-                    a.result.ood_score = round(float(scores[i]), 3)
-                if refusals[i]:
-                    a.result.rejected = refusals[i]
+            judged = self.predict_prepared(np.stack([a.image for a in batch]), np.array([a.male for a in batch]))
+            for i, (a, m) in enumerate(zip(batch, judged.months, strict=True)):
+                a.image = judged.images[i].reshape(a.image.shape)  # upright: what the model saw
+                if self.ood is not None:
+                    a.result.ood_score = round(float(judged.ratios[i]), 3)
+                    a.result.orientation = describe_view(int(judged.views[i]))
+                if judged.reasons[i]:
+                    a.result.rejected = judged.reasons[i]
                     continue
                 self._complete(a, float(m))
         return [a.result for a in admitted]
@@ -348,6 +353,7 @@ WORKLIST_OUTPUT_COLUMNS = [
     "sds",
     "call",
     "warning",
+    "orientation",
     "rejected",
     "csv_line",
 ]
@@ -438,6 +444,7 @@ def worklist_table(rows: list[WorklistRow], results: list[Prediction]):
                 "sds": a.get("sds"),
                 "call": a.get("call"),
                 "warning": r.warning or "",
+                "orientation": r.orientation or "",
                 "rejected": r.rejected or "",
                 "csv_line": row.csv_line,
             }

@@ -33,6 +33,8 @@ def metrics_table(metrics: dict) -> str:
     if base.get("predict_the_mean_mae"):
         ratio = test.get("mae", float("nan")) / base["predict_the_mean_mae"]
         lines.append(f"predict-the-mean test MAE: {base['predict_the_mean_mae']:.2f} months (model: {100 * ratio:.0f}% of it)")
+    if "slope" in test:
+        lines.append(f"slope of predicted on true age (test): {test['slope']:.2f} (1: no pull toward the middle ages)")
     if base.get("noise_floor_mae"):
         lines.append(f"noise floor (label noise, synthetic data): {base['noise_floor_mae']:.2f} months")
     return "\n".join(lines)

@@ -30,6 +30,7 @@ SIGNATURE = ModelSignature(
             ColSpec("double", "sds"),
             ColSpec("string", "call"),
             ColSpec("string", "warning"),
+            ColSpec("string", "orientation"),
         ]
     ),
 )
@@ -80,6 +81,7 @@ def score_records(predictor, frame: pd.DataFrame) -> pd.DataFrame:
                 "sds": assessment.get("sds"),
                 "call": assessment.get("call"),
                 "warning": result.warning,
+                "orientation": result.orientation,
             }
         )
     return pd.DataFrame(rows)

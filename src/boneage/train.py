@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import shutil
 import sys
 import time
@@ -42,7 +43,9 @@ from boneage.model import (
     make_loss,
     recalibrate_batchnorm,
     save_model_atomic,
+    weights_origin,
 )
+from boneage.precision import training_precision
 from boneage.predict import PredictorConfig, calibrate_interval
 
 CHECKPOINT_MODEL_FILE = "train.keras"
@@ -66,33 +69,90 @@ def target_stats(manifest: pd.DataFrame) -> tuple[float, float]:
     return float(ages.mean()), float(max(ages.std(), 1.0))
 
 
-def _strategy(params: Params) -> tf.distribute.Strategy:
-    gpus = tf.config.list_physical_devices("GPU")
-    mode = params.train.mixed_precision
-    if (mode == "auto" and gpus) or mode == "on":
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    if len(gpus) > 1:
+def _strategy() -> tf.distribute.Strategy:
+    if len(tf.config.list_physical_devices("GPU")) > 1:
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
 
 
 def _config_fingerprint(params: Params, data_dir: Path) -> str:
-    """What a checkpoint must match to be resumed: the recipe and the exact data."""
+    """What a checkpoint must match to be resumed: the recipe and the exact data (not the time
+    limits, which a resumed run may change)."""
     recipe = params.model_dump(mode="json", include={"seed", "preset", "preprocess", "model", "train"})
     recipe["train"].pop("max_minutes", None)
+    recipe["train"].pop("budget_minutes", None)
     payload = json.dumps(recipe, sort_keys=True) + tracking.file_md5(data_dir / MANIFEST_FILE)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-class _EpochEnd(keras.callbacks.Callback):
-    """Per epoch: checkpoint (model with optimizer state, then state.json, both atomic),
-    history row, MLflow metrics, and the wall-clock budget: training stops after an epoch when
-    another one as long would end past the deadline, so the budget is a limit, not a target."""
+@dataclass
+class _Plan:
+    """Where the current phase ends: its first epoch and the epoch it stops after (``end``; the
+    budget may move it), with the steps of an epoch and the training seconds before this run."""
 
-    def __init__(self, ckpt_dir: Path, fingerprint: str, history_path: Path, phase: str, deadline: float | None):
+    first: int
+    end: int
+    steps_per_epoch: int
+    seconds_before: float = 0.0
+    planned: bool = False
+
+    @property
+    def total_steps(self) -> int:
+        return max(1, (self.end - self.first) * self.steps_per_epoch)
+
+
+class _CosineByStep(keras.callbacks.Callback):
+    """The learning rate before each step: a cosine from ``peak`` down to ``floor`` at the plan's
+    last step (the curve of keras' CosineDecay, which cannot change its length once compiled: this
+    one follows the plan when the budget moves it)."""
+
+    def __init__(self, peak: float, floor: float, plan: _Plan):
         super().__init__()
-        self.ckpt_dir, self.fingerprint, self.history_path = ckpt_dir, fingerprint, history_path
-        self.phase, self.deadline = phase, deadline
+        self.peak, self.floor, self.plan = peak, floor, plan
+
+    def rate(self, step: int) -> float:
+        progress = min(step, self.plan.total_steps) / self.plan.total_steps
+        return self.floor + (self.peak - self.floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def on_train_batch_begin(self, batch, logs=None):
+        optimizer = self.model.optimizer
+        optimizer.learning_rate = self.rate(int(keras.ops.convert_to_numpy(optimizer.iterations)))
+
+
+class _Budget(keras.callbacks.Callback):
+    """train.budget_minutes: after the second epoch of the phase (the first one pays for building
+    the graphs), plan how many more epochs fit in what is left of the budget at that epoch's pace,
+    at most the phase's end, and stop there."""
+
+    def __init__(self, plan: _Plan, budget_seconds: float, started: float):
+        super().__init__()
+        self.plan, self.budget, self.started, self.epoch_ends = plan, budget_seconds, started, []
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = time.monotonic()
+        self.epoch_ends.append(now)
+        if not self.plan.planned and len(self.epoch_ends) == 2:
+            pace = self.epoch_ends[1] - self.epoch_ends[0]
+            left = self.budget - self.plan.seconds_before - (now - self.started)
+            self.plan.end = min(self.plan.end, epoch + 1 + max(0, int(left // pace)))
+            self.plan.planned = True
+            import mlflow
+
+            mlflow.set_tags({"boneage.planned_epochs": self.plan.end, "boneage.seconds_per_epoch": round(pace, 1)})
+            print(f"train.budget_minutes: {pace:.0f} s an epoch; training ends after epoch {self.plan.end}", file=sys.stderr)
+        if epoch + 1 >= self.plan.end:
+            self.model.stop_training = True
+
+
+class _EpochEnd(keras.callbacks.Callback):
+    """Per epoch: checkpoint (model with optimizer state, then state.json with the plan, both
+    atomic), history row, MLflow metrics, and the wall-clock limit: training stops after an epoch
+    when another one as long would end past the deadline, so the limit is a limit, not a target."""
+
+    def __init__(self, ckpt_dir: Path, fingerprint: str, phase: str, deadline: float | None, plan: _Plan, started: float):
+        super().__init__()
+        self.ckpt_dir, self.fingerprint, self.history_path = ckpt_dir, fingerprint, ckpt_dir / HISTORY_FILE
+        self.phase, self.deadline, self.plan, self.started = phase, deadline, plan, started
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch_started = time.monotonic()
@@ -103,7 +163,14 @@ class _EpochEnd(keras.callbacks.Callback):
         logs = dict(logs or {})
         logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         save_model_atomic(self.model, self.ckpt_dir / CHECKPOINT_MODEL_FILE)
-        state = {"fingerprint": self.fingerprint, "epoch": epoch + 1, "phase": self.phase, "completed": False}
+        state = {
+            "fingerprint": self.fingerprint,
+            "epoch": epoch + 1,
+            "phase": self.phase,
+            "completed": False,
+            "planned_end": self.plan.end if self.plan.planned else None,
+            "seconds_trained": round(self.plan.seconds_before + time.monotonic() - self.started, 1),
+        }
         write_json_atomic(self.ckpt_dir / CHECKPOINT_STATE_FILE, state)
         row = {"epoch": epoch + 1, "phase": self.phase, **{k: round(float(v), 6) for k, v in logs.items()}}
         new = not self.history_path.exists()
@@ -132,14 +199,6 @@ class _PreciseBatchNorm(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if batch == self.steps - 1:
             recalibrate_batchnorm(self.model, (inputs for inputs, _ in self.images.take(self.batches)))
-
-
-def _learning_rate(params: Params, peak: float, steps: int):
-    """A constant rate (ReduceLROnPlateau adjusts it) or a per-step cosine decay over ``steps``."""
-    tcfg = params.train
-    if tcfg.lr_schedule == "cosine":
-        return keras.optimizers.schedules.CosineDecay(peak, decay_steps=max(steps, 1), alpha=tcfg.min_learning_rate / peak)
-    return peak
 
 
 def compile_model(model: keras.Model, params: Params, learning_rate, target_sd: float) -> None:
@@ -204,6 +263,8 @@ def _load_data(params: Params, data_dir: Path) -> _Data:
         augment=tcfg.augment,
         shuffle_buffer=tcfg.shuffle_buffer,
         seed=params.seed,
+        examples=n_train,
+        cache=tcfg.cache_images,
     )
     val_ds = make_dataset(data_dir, "val", size, tcfg.batch_size, **standardise, examples=n_val)
     recal, recal_batches = None, 0
@@ -290,6 +351,7 @@ def model_provenance(params: Params, data_dir: Path, recipe_fingerprint: str) ->
         "image_size": params.preprocess.image_size,
         "crop": params.preprocess.crop,
         "backbone": params.model.backbone,
+        "backbone_weights": weights_origin(params.model),
         "backbone_image_size": params.model.image_size or params.preprocess.image_size,
         "seed": params.seed,
         "preset": params.preset,
@@ -312,9 +374,16 @@ def _phases(params: Params) -> list[tuple[str, int, int, bool, float]]:
     ]
 
 
-def _callbacks(params: Params, data: _Data, phase: str, epoch_end: _EpochEnd) -> list[keras.callbacks.Callback]:
+def _callbacks(params: Params, data: _Data, phase: str, lr: float, plan: _Plan, epoch_end: _EpochEnd, budget: _Budget | None):
+    """In order: precise BN (before validation), the cosine rate, the budget (which decides where the
+    phase ends before the checkpoint records it), the epoch's record, the plateau and early stopping."""
     tcfg = params.train
-    callbacks = [*([_PreciseBatchNorm(data.recal, data.recal_batches, data.steps_per_epoch)] if data.recal else []), epoch_end]
+    callbacks: list[keras.callbacks.Callback] = []
+    if data.recal:
+        callbacks.append(_PreciseBatchNorm(data.recal, data.recal_batches, data.steps_per_epoch))
+    if tcfg.lr_schedule == "cosine":
+        callbacks.append(_CosineByStep(lr, tcfg.min_learning_rate, plan))
+    callbacks += [*([budget] if budget else []), epoch_end]
     if tcfg.lr_schedule == "plateau":
         callbacks.append(
             keras.callbacks.ReduceLROnPlateau(
@@ -322,44 +391,69 @@ def _callbacks(params: Params, data: _Data, phase: str, epoch_end: _EpochEnd) ->
                 mode="min",
                 factor=tcfg.reduce_lr_factor,
                 patience=tcfg.reduce_lr_patience,
+                min_delta=tcfg.min_improvement_months,
                 min_lr=tcfg.min_learning_rate,
             )
         )
     if phase == "finetune":
         callbacks.append(
             keras.callbacks.EarlyStopping(
-                monitor="val_mae_months", mode="min", patience=tcfg.early_stopping_patience, restore_best_weights=True
+                monitor="val_mae_months",
+                mode="min",
+                patience=tcfg.early_stopping_patience,
+                min_delta=tcfg.min_improvement_months,
+                restore_best_weights=True,
             )
         )
     return callbacks
 
 
-def _fit(params: Params, data: _Data, model: BoneAgeModel, ckpt_dir: Path, fingerprint: str, resumed_state: dict | None) -> None:
-    """Run the phases from where the checkpoint left off, until done, early-stopped or out of budget."""
+def _fit(params: Params, data: _Data, model: BoneAgeModel, ckpt_dir: Path, fingerprint: str, resumed_state: dict | None) -> str:
+    """Run the phases from where the checkpoint left off, until done, early-stopped, at the end the
+    budget planned or out of time. Returns the precision it trained in."""
     tcfg = params.train
     start_epoch = int(resumed_state["epoch"]) if resumed_state else 0
-    deadline = time.monotonic() + tcfg.max_minutes * 60 if tcfg.max_minutes else None
+    started = time.monotonic()
+    deadline = started + tcfg.max_minutes * 60 if tcfg.max_minutes else None
     verbose = 1 if sys.stderr.isatty() else 2
-    for phase, first, last, backbone_trainable, lr in _phases(params):
-        if last <= max(first, start_epoch):
-            continue
-        continuing = resumed_state is not None and start_epoch > first and resumed_state["phase"] == phase
-        if not continuing:
-            model.backbone.trainable = backbone_trainable
-            compile_model(model.train, params, _learning_rate(params, lr, (last - first) * data.steps_per_epoch), data.target_sd)
-        epoch_end = _EpochEnd(ckpt_dir, fingerprint, ckpt_dir / HISTORY_FILE, phase, deadline)
-        model.train.fit(
-            data.train,
-            validation_data=data.val,
-            epochs=last,
-            initial_epoch=max(first, start_epoch),
-            steps_per_epoch=data.steps_per_epoch,
-            callbacks=_callbacks(params, data, phase, epoch_end),
-            verbose=verbose,
-            shuffle=False,
-        )
-        if model.train.stop_training:
-            return
+    phases = _phases(params)
+    with training_precision(tcfg.mixed_precision) as precision:
+        import mlflow
+
+        mlflow.set_tag("boneage.training_precision", precision)
+        for phase, first, last, backbone_trainable, lr in phases:
+            if last <= max(first, start_epoch):
+                continue
+            continuing = resumed_state is not None and start_epoch > first and resumed_state["phase"] == phase
+            if not continuing:
+                model.backbone.trainable = backbone_trainable
+                compile_model(model.train, params, lr, data.target_sd)
+            plan = _resumed_plan(_Plan(first, last, data.steps_per_epoch), resumed_state if continuing else None)
+            budget = _Budget(plan, tcfg.budget_minutes * 60, started) if tcfg.budget_minutes and phase == phases[-1][0] else None
+            epoch_end = _EpochEnd(ckpt_dir, fingerprint, phase, deadline, plan, started)
+            model.train.fit(
+                data.train,
+                validation_data=data.val,
+                epochs=plan.end,
+                initial_epoch=max(first, start_epoch),
+                steps_per_epoch=data.steps_per_epoch,
+                callbacks=_callbacks(params, data, phase, lr, plan, epoch_end, budget),
+                verbose=verbose,
+                shuffle=False,
+            )
+            if model.train.stop_training:
+                break
+    return precision
+
+
+def _resumed_plan(plan: _Plan, state: dict | None) -> _Plan:
+    """The phase's plan, with what a resumed checkpoint recorded: the end the budget planned and
+    the seconds already trained."""
+    if state:
+        plan.seconds_before = float(state.get("seconds_trained") or 0.0)
+        if state.get("planned_end"):
+            plan.end, plan.planned = int(state["planned_end"]), True
+    return plan
 
 
 def _calibrate_and_save(
@@ -413,7 +507,9 @@ def train(
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out_dir / CHECKPOINT_DIR
     fingerprint = _config_fingerprint(params, data_dir)
-    with _strategy(params).scope():
+    # The precision's dtype policy is read when the layers are built (float16), its graph option
+    # when the train step first runs (bfloat16): set for both, restored after each.
+    with _strategy().scope(), training_precision(params.train.mixed_precision):
         model, resumed_state, run_id = _start_or_resume(params, data, ckpt_dir, fingerprint)
     start_epoch = int(resumed_state["epoch"]) if resumed_state else 0
     size = params.preprocess.image_size

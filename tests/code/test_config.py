@@ -121,7 +121,7 @@ def test_the_real_data_recipe_takes_nothing_from_the_demo():
     demo = load_params(REPO / "params.yaml")
     assert params.train.steps_per_epoch is None and demo.train.steps_per_epoch == 36
     assert params.train.augment != demo.train.augment
-    assert params.train.max_minutes == 60
+    assert params.train.budget_minutes == params.train.max_minutes == 60
     assert params.registered_model_name() == "boneage" and demo.registered_model_name() == "boneage-synthetic"
 
 
@@ -129,7 +129,7 @@ def test_a_key_set_in_params_yaml_overrides_the_preset(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("preset: rsna-cpu\ntrain:\n  max_minutes: 5\n")
     params = load_params(path)
-    assert params.train.max_minutes == 5 and params.train.epochs == 8  # the rest is the preset's
+    assert params.train.max_minutes == 5 and params.train.budget_minutes == 60  # the rest is the preset's
 
 
 def test_an_unknown_preset_is_refused(tmp_path):

@@ -1,7 +1,7 @@
 """The out-of-distribution check on inputs whose distribution is known: films like the training
-ones pass at the rate the validation quantile promises, unlike ones are refused (by their features,
-their layout or their orientation), and the check survives a save and load; a file that is not a
-check is a clear error."""
+ones pass at the rate the validation quantile promises, turned or mirrored ones are put upright,
+unlike ones are refused (by their features, their layout, their texture or their orientation), and
+the check survives a save and load; a file that is not a check is a clear error."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 
 from boneage.config import OodConfig
 from boneage.errors import BoneageError
-from boneage.ood import QUARTER_TURNS, FitData, Gaussian, OodCheck, fit, image_signature, texture_signature, turned
+from boneage.imaging import DIHEDRAL_VIEWS
+from boneage.ood import FitData, Gaussian, OodCheck, fit, image_signature, in_view, texture_signature
 
 FEATURES = 200  # more than a covariance of 400 films can estimate without shrinkage
 SIDE = 32
@@ -23,23 +24,25 @@ def _features(rng, n: int, shift: float = 0.0) -> np.ndarray:
 
 
 def _upright_films(rng, n: int) -> np.ndarray:
-    """Drawn "films": a bright block in the upper half (fingers up), a fainter one below, noise."""
+    """Drawn "films": a bright block in the upper half (fingers up), a fainter one below, a small
+    one to its right (a thumb: a mirror image has it on the left), noise."""
     images = rng.normal(20, 5, (n, SIDE, SIDE))
     for image in images:
-        x, w = rng.integers(4, 12), rng.integers(10, 16)
+        x, w = rng.integers(4, 9), rng.integers(10, 14)
         image[rng.integers(2, 6) : SIDE // 2, x : x + w] += rng.uniform(150, 200)
         image[SIDE // 2 : SIDE - 2, x + 2 : x + w - 2] += rng.uniform(60, 90)
+        image[SIDE // 2 - 4 : SIDE // 2 + 2, x + w : x + w + 5] += rng.uniform(100, 140)
     return np.clip(images, 0, 255).astype(np.uint8)[..., None]
 
 
-def _fit_data(rng, n: int, turns: int) -> FitData:
+def _fit_data(rng, n: int, views: int) -> FitData:
     films = _upright_films(rng, n)
-    return FitData(_features(rng, n), texture_signature(films), [image_signature(turned(films, k), 8) for k in range(turns)])
+    return FitData(_features(rng, n), texture_signature(films), [image_signature(in_view(films, v), 8) for v in range(views)])
 
 
 def _check(rng, quantile: float = 0.98) -> OodCheck:
     cfg = OodConfig(quantile=quantile, image_side=8)
-    return fit(_fit_data(rng, 400, QUARTER_TURNS), _fit_data(rng, 2000, 1), cfg)
+    return fit(_fit_data(rng, 400, DIHEDRAL_VIEWS), _fit_data(rng, 2000, 1), cfg)
 
 
 def test_the_mahalanobis_score_refuses_broken_correlations_and_shifts():
@@ -63,13 +66,27 @@ def test_films_like_the_training_ones_pass_at_the_promised_rate():
     assert abs(refused.mean() - 0.02) < 0.015, refused.mean()
 
 
-def test_a_film_turned_upside_down_is_refused_for_its_orientation():
+@pytest.mark.parametrize("view", range(DIHEDRAL_VIEWS))
+def test_a_film_turned_or_mirrored_is_put_upright_and_passes(view):
     rng = np.random.default_rng(2)
     check = _check(rng)
     films = _upright_films(rng, 200)
-    reasons = check.refusal(_features(rng, 200), turned(films, 2))
-    assert sum(r is not None for r in reasons) >= 0.99 * len(reasons)
-    assert all(r.startswith("out of distribution") and "orientation" in r for r in reasons if r)
+    upright, views, orientation = check.upright(in_view(films, view))
+    assert (views == view).mean() >= 0.99
+    put_right = views == view
+    assert np.array_equal(upright[put_right], films[put_right])
+    assert (check.scores(_features(rng, 200), upright, orientation) <= 1.0).mean() >= 0.95
+
+
+def test_an_image_with_no_way_up_is_refused():
+    """A smooth ramp, turned every way: nothing in it says which way is up, or that it is a film."""
+    rng = np.random.default_rng(7)
+    check = _check(rng)
+    ramps = np.stack([np.rot90(np.tile(np.linspace(0, 255, SIDE), (SIDE, 1)), k) for k in range(4)] * 25)
+    ramps = ramps.astype(np.uint8)[..., None]
+    upright, _, orientation = check.upright(ramps)
+    reasons = check.judge(_features(rng, len(ramps)), upright, orientation)[1]
+    assert all(r is not None and r.startswith("out of distribution") for r in reasons)
 
 
 def test_a_film_with_another_texture_is_refused_for_it():
@@ -111,6 +128,6 @@ def test_the_check_survives_save_and_load(tmp_path):
 
 
 def test_too_few_films_to_fit_a_check_is_a_clear_error():
-    empty = FitData(np.zeros((1, 4)), np.zeros((1, 4)), [np.zeros((1, 4))] * QUARTER_TURNS)
+    empty = FitData(np.zeros((1, 4)), np.zeros((1, 4)), [np.zeros((1, 4))] * DIHEDRAL_VIEWS)
     with pytest.raises(BoneageError, match="train.ood.enabled: false"):
         fit(empty, FitData(np.zeros((0, 4)), np.zeros((0, 4)), [np.zeros((0, 4))]), OodConfig())

@@ -148,6 +148,42 @@ def test_a_corrupt_checkpoint_is_reported_and_never_used(tiny_data, tmp_path):
     assert list(pd.read_csv(tmp_path / "models" / "history.csv")["epoch"]) == [1, 2]
 
 
+@pytest.mark.slow
+def test_max_minutes_stops_training_between_epochs(tiny_data, tmp_path):
+    raw = tiny_params(tiny_data, epochs=6, max_minutes=0.001).model_dump(mode="json")
+    proc = subprocess.run(_train_command(raw, tiny_data, tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # The first epoch already took longer than the limit: no second one starts.
+    assert "train.max_minutes: another epoch would end past the budget; stopping after epoch 1" in proc.stderr
+    assert list(pd.read_csv(tmp_path / "models" / "history.csv")["epoch"]) == [1]
+    assert (tmp_path / "models" / "model.keras").is_file()
+
+
+@pytest.mark.slow
+def test_a_budget_plans_the_epochs_and_the_cosine_ends_with_them(tiny_data, tmp_path):
+    # A budget already spent by the second epoch: the plan ends training there, and records it.
+    raw = tiny_params(tiny_data, epochs=6, budget_minutes=0.001).model_dump(mode="json")
+    proc = subprocess.run(_train_command(raw, tiny_data, tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "training ends after epoch 2" in proc.stderr
+    assert list(pd.read_csv(tmp_path / "models" / "history.csv")["epoch"]) == [1, 2]
+    assert json.loads((tmp_path / "models" / "checkpoint" / "state.json").read_text())["planned_end"] == 2
+
+
+def test_the_cosine_by_step_follows_keras_cosine_decay_and_its_plan():
+    import keras
+
+    from boneage.train import _CosineByStep, _Plan
+
+    plan = _Plan(first=0, end=5, steps_per_epoch=20)
+    cosine = _CosineByStep(1e-3, 1e-6, plan)
+    reference = keras.optimizers.schedules.CosineDecay(1e-3, decay_steps=100, alpha=1e-6 / 1e-3)
+    for step in (0, 1, 37, 99, 100, 250):
+        assert cosine.rate(step) == pytest.approx(float(reference(step)), rel=1e-4)  # keras: float32
+    plan.end = 2  # the budget moved the end: the same curve, squeezed into 40 steps
+    assert cosine.rate(40) == pytest.approx(1e-6) and cosine.rate(20) == pytest.approx((1e-3 + 1e-6) / 2, rel=1e-5)
+
+
 def _fake_run(tmp: Path, params: Params, test_mae: float) -> Path:
     """A real MLflow run holding a real (tiny) Keras model, as train would leave it."""
     import keras

@@ -1,0 +1,241 @@
+"""Does the real model hold on films framed, turned and mirrored differently from its training
+copies, and does it refuse what is no film at all? Measured on a finished `make real-data`
+workspace, every film scored by `boneage predict`'s code as a user's file would be. Results go to
+benchmarks/results.json ("framing") and the README's block; not in CI (minutes on 2 cores).
+
+- framing: the test-split films that carry people's hand boxes (SOURCE/hand-boxes.csv), each scored
+  twice: as the whole film, and cut to its box with a small margin (a film that comes pre-cropped).
+- orientation: test films turned by 90, 180 and 270 degrees and mirrored (a right hand imaged
+  instead of the left), in each of the seven views: the share put upright, and the MAE after beside
+  the same films upright.
+- no film: smooth grey ramps and radial gradients, with no bone edges at all: the share refused.
+
+    python -m benchmarks.bench_framing --workspace . --source ../shared/data/rsna-100px
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from benchmarks.common import WORK, load_results, machine, record, replace_readme_block
+
+RESULT_KEY = "framing"
+START, END = "<!-- framing:start -->", "<!-- framing:end -->"
+PRE_CROP_MARGIN = 0.05  # of the box's side, on each side: "cropped to its box with a small margin"
+ORIENTATION_FILMS = 300  # test films per view
+GOALS = {"framing_mae_ratio": 1.10, "coverage": (0.88, 0.94), "put_right": 0.98, "ramps_refused": 1.0}
+RAMP_SIDE = 256
+RAMPS = 60
+BOXES_FILE = "hand-boxes.csv"
+IMAGE_DIR = "boneage-training-dataset"
+
+
+def _score(predictor, files: list[Path], sexes: list[str]) -> pd.DataFrame:
+    from boneage.predict import WorklistRow, predict_worklist
+
+    rows = [WorklistRow(i + 2, f.stem, f, s, "") for i, (f, s) in enumerate(zip(files, sexes, strict=True))]
+    results = predict_worklist(predictor, rows)
+    return pd.DataFrame(
+        {
+            "id": [f.stem for f in files],
+            "predicted": [r.bone_age_months for r in results],
+            "low": [r.interval_months[0] if r.interval_months else None for r in results],
+            "high": [r.interval_months[1] if r.interval_months else None for r in results],
+            "rejected": [r.rejected or "" for r in results],
+            "orientation": [r.orientation or "" for r in results],
+        }
+    )
+
+
+def _summary(scored: pd.DataFrame, truth: pd.Series) -> dict:
+    ok = scored[scored["rejected"] == ""].copy()
+    ok["true"] = truth.loc[ok["id"]].to_numpy()
+    err = (ok["predicted"] - ok["true"]).abs()
+    covered = (ok["low"] <= ok["true"]) & (ok["true"] <= ok["high"])
+    return {
+        "films": int(len(scored)),
+        "refused": int((scored["rejected"] != "").sum()),
+        "mae": round(float(err.mean()), 2),
+        "coverage": round(float(covered.mean()), 3),
+    }
+
+
+def _paired_interval(a: np.ndarray, b: np.ndarray, draws: int = 2000) -> list[float]:
+    """95% bootstrap interval of mean(a) / mean(b) over the same films."""
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, len(a), (draws, len(a)))
+    ratios = a[idx].mean(axis=1) / b[idx].mean(axis=1)
+    return [round(float(v), 3) for v in np.percentile(ratios, [2.5, 97.5])]
+
+
+def framing(predictor, source: Path, test: pd.DataFrame, out: Path) -> dict:
+    boxes = pd.read_csv(source / BOXES_FILE, dtype={"id": str})
+    boxed = boxes[boxes["id"].isin(test.index)]
+    out.mkdir(parents=True, exist_ok=True)
+    whole, cropped = [], []
+    for r in boxed.itertuples():
+        film_path = source / IMAGE_DIR / f"{r.id}.png"
+        film = cv2.imread(str(film_path), cv2.IMREAD_UNCHANGED)
+        h, w = film.shape[:2]
+        mx, my = PRE_CROP_MARGIN * (r.x1_100 - r.x0_100), PRE_CROP_MARGIN * (r.y1_100 - r.y0_100)
+        x0, y0 = max(0, int(r.x0_100 - mx)), max(0, int(r.y0_100 - my))
+        x1, y1 = min(w, int(np.ceil(r.x1_100 + mx))), min(h, int(np.ceil(r.y1_100 + my)))
+        cv2.imwrite(str(out / f"{r.id}.png"), film[y0:y1, x0:x1])
+        whole.append(film_path)
+        cropped.append(out / f"{r.id}.png")
+    sexes = ["M" if test.loc[f.stem, "male"] else "F" for f in whole]
+    a, b = _score(predictor, whole, sexes), _score(predictor, cropped, sexes)
+    truth = test["boneage"]
+    both = a.merge(b, on="id", suffixes=("_whole", "_cropped"))
+    both = both[(both["rejected_whole"] == "") & (both["rejected_cropped"] == "")]
+    err_whole = (both["predicted_whole"] - truth.loc[both["id"]].to_numpy()).abs().to_numpy()
+    err_cropped = (both["predicted_cropped"] - truth.loc[both["id"]].to_numpy()).abs().to_numpy()
+    return {
+        "films": int(len(boxed)),
+        "whole": _summary(a, truth),
+        "cropped": _summary(b, truth),
+        "mae_ratio_cropped_to_whole": round(float(err_cropped.mean() / err_whole.mean()), 3),
+        "mae_ratio_95ci": _paired_interval(err_cropped, err_whole),
+        "pre_crop_margin": PRE_CROP_MARGIN,
+    }
+
+
+def orientation(predictor, source: Path, test: pd.DataFrame, out: Path) -> dict:
+    from boneage.imaging import DIHEDRAL_VIEWS, describe_view, dihedral
+
+    ids = list(test.index[:ORIENTATION_FILMS])
+    sexes = ["M" if test.loc[i, "male"] else "F" for i in ids]
+    truth = test["boneage"]
+    views = {}
+    for view in range(DIHEDRAL_VIEWS):
+        folder = out / f"view{view}"
+        folder.mkdir(parents=True, exist_ok=True)
+        files = []
+        for i in ids:
+            film = cv2.imread(str(source / IMAGE_DIR / f"{i}.png"), cv2.IMREAD_UNCHANGED)
+            cv2.imwrite(str(folder / f"{i}.png"), np.ascontiguousarray(dihedral(film, view)))
+            files.append(folder / f"{i}.png")
+        scored = _score(predictor, files, sexes)
+        expected = describe_view(view) or ""
+        views[describe_view(view) or "upright"] = {
+            **_summary(scored, truth),
+            "put_right": round(float((scored["orientation"] == expected)[scored["rejected"] == ""].mean()), 3),
+        }
+    return {"films_per_view": len(ids), "views": views}
+
+
+def ramps(predictor, out: Path, seed: int = 0) -> dict:
+    """Smooth ramps (any direction and range) and radial gradients: no bone edges at all."""
+    rng = np.random.default_rng(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[0:RAMP_SIDE, 0:RAMP_SIDE] / RAMP_SIDE
+    files = []
+    for i in range(RAMPS):
+        lo, hi = sorted(rng.uniform(0, 255, 2))
+        if i % 2:
+            angle = rng.uniform(0, 2 * np.pi)
+            t = (np.cos(angle) * xx + np.sin(angle) * yy) / (abs(np.cos(angle)) + abs(np.sin(angle)))
+        else:
+            cx, cy = rng.uniform(0.2, 0.8, 2)
+            t = np.clip(np.hypot(xx - cx, yy - cy) / 0.8, 0, 1)
+        image = (lo + (hi - lo) * (t - t.min()) / max(np.ptp(t), 1e-6)).astype(np.uint8)
+        cv2.imwrite(str(out / f"ramp{i:03d}.png"), image)
+        files.append(out / f"ramp{i:03d}.png")
+    scored = _score(predictor, files, ["F"] * len(files))
+    return {"images": len(files), "refused": int((scored["rejected"] != "").sum())}
+
+
+def run(workspace: Path, source: Path) -> dict:
+    from boneage.predict import Predictor
+
+    manifest = pd.read_csv(workspace / "data" / "preprocessed" / "manifest.csv", dtype={"id": str})
+    test = manifest[manifest["split"] == "test"].set_index("id")
+    predictor = Predictor.load(str(workspace / "models"))
+    root = WORK / "framing"
+    return {
+        "workspace": str(workspace),
+        "framing": framing(predictor, source, test, root / "cropped"),
+        "orientation": orientation(predictor, source, test, root / "views"),
+        "no_film": ramps(predictor, root / "ramps"),
+    }
+
+
+def summary(d: dict) -> dict:
+    f, o, n = d["framing"], d["orientation"]["views"], d["no_film"]
+    lo, hi = GOALS["coverage"]
+    turned = [v["put_right"] for k, v in o.items() if k != "upright"]
+    met = (
+        f["mae_ratio_cropped_to_whole"] <= GOALS["framing_mae_ratio"]
+        and 1 / f["mae_ratio_cropped_to_whole"] <= GOALS["framing_mae_ratio"]
+        and f["cropped"]["refused"] == 0
+        and all(lo <= f[k]["coverage"] <= hi for k in ("whole", "cropped"))
+        and min(turned) >= GOALS["put_right"]
+        and n["refused"] == n["images"]
+    )
+    return {
+        "title": "films framed, turned and mirrored differently; images with no film (real model)",
+        "summary": (
+            f"pre-cropped vs whole film MAE {f['cropped']['mae']:.1f} vs {f['whole']['mae']:.1f} "
+            f"({f['mae_ratio_cropped_to_whole']:.2f}x), {f['cropped']['refused']} pre-cropped refused; turned or "
+            f"mirrored put right {100 * min(turned):.0f}-{100 * max(turned):.0f}%; ramps refused {n['refused']}/{n['images']}"
+        ),
+        "goal": "MAEs within 10%, none pre-cropped refused, coverage 88-94% on both, >= 98% put right, every ramp refused",
+        "verdict": "met" if met else "missed",
+    }
+
+
+def block(data: dict) -> str:
+    if not data.get("runs"):
+        return "Not measured yet: `python -m benchmarks.bench_framing --workspace . --source DIR`.\n"
+    d, m = data["runs"][-1], data["machine"]
+    f, o, n = d["framing"], d["orientation"], d["no_film"]
+    lines = [
+        f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores) by `benchmarks/bench_framing.py`, on the recipe of "
+        "record's model, each film scored by `boneage predict`'s code:",
+        "",
+        "| films | as | films | refused | MAE (months) | 90% interval covers |",
+        "|---|---|---:|---:|---:|---:|",
+        f"| test films with a person's hand box | the whole film | {f['whole']['films']} | {f['whole']['refused']} | "
+        f"{f['whole']['mae']:.2f} | {100 * f['whole']['coverage']:.1f}% |",
+        f"| the same films | cut to the box (+{100 * f['pre_crop_margin']:.0f}% margin) | {f['cropped']['films']} | "
+        f"{f['cropped']['refused']} | {f['cropped']['mae']:.2f} | {100 * f['cropped']['coverage']:.1f}% |",
+        "",
+        f"Pre-cropped MAE / whole-film MAE: {f['mae_ratio_cropped_to_whole']:.2f} (paired 95% CI "
+        f"{f['mae_ratio_95ci'][0]:.2f}–{f['mae_ratio_95ci'][1]:.2f}).",
+        "",
+        f"Test films turned and mirrored ({o['films_per_view']} per view), put upright before scoring:",
+        "",
+        "| the film arrived | put right | refused | MAE (months) |",
+        "|---|---:|---:|---:|",
+    ]
+    for view, v in o["views"].items():
+        lines.append(f"| {view} | {100 * v['put_right']:.1f}% | {v['refused']} | {v['mae']:.2f} |")
+    lines += [
+        "",
+        f"Smooth grey ramps and radial gradients (no bone edges at all): {n['refused']} of {n['images']} refused.",
+        f"Goal: {data['goal']}: **{data['verdict']}**.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("part", choices=("run", "readme"), nargs="?", default="run")
+    parser.add_argument("--workspace", type=Path, default=Path("."))
+    parser.add_argument("--source", type=Path)
+    args = parser.parse_args()
+    if args.part == "run":
+        if not args.source:
+            parser.error("run needs --source")
+        result = run(args.workspace.resolve(), args.source.resolve())
+        record(RESULT_KEY, {"runs": [result], "machine": machine(), **summary(result)})
+    replace_readme_block(START, END, block(load_results().get(RESULT_KEY, {})))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""The learned hand locator's mechanics: its NumPy forward pass is the Keras network's, a box
+follows its image through every turn and mirror image, a saved locator loads back the same, and a
+blank film is refused before it. (What it finds on real films: tests/data/test_real_crop.py.)"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from boneage import handlocator
+from boneage.config import PreprocessConfig
+from boneage.errors import BadInputError, BoneageError
+from boneage.handcrop import locate_hand_learned
+from boneage.imaging import DIHEDRAL_VIEWS, dihedral, undo_dihedral
+
+
+@pytest.fixture(scope="module")
+def keras_and_numpy():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = handlocator.network()
+    # Moving statistics away from 0 and 1, so that folding BatchNorm into the convolutions is tested.
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            gamma, beta, mean, var = layer.get_weights()
+            rng = np.random.default_rng(len(gamma))
+            layer.set_weights([gamma * 1.5, beta + 0.1, mean + rng.normal(0, 0.1, mean.shape), var * 2.0])
+    return model, handlocator.to_locator(model)
+
+
+def test_the_numpy_locator_computes_what_the_keras_network_does(keras_and_numpy):
+    model, locator = keras_and_numpy
+    thumbs = np.random.default_rng(1).integers(0, 256, (5, handlocator.INPUT_SIDE, handlocator.INPUT_SIDE), dtype=np.uint8)
+    expected = model.predict(thumbs[..., None], verbose=0)
+    assert np.allclose(locator.boxes(thumbs), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("view", range(DIHEDRAL_VIEWS))
+def test_a_box_follows_its_image_through_every_turn_and_mirror(view):
+    image = np.zeros((20, 20), np.uint8)
+    image[3:9, 12:18] = 1  # a box x0=12, y0=3, x1=18, y1=9
+    box = np.array([12, 3, 18, 9]) / 20
+    ys, xs = np.nonzero(dihedral(image, view))
+    seen = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]) / 20
+    assert np.allclose(handlocator.dihedral_box(box, view), seen)
+    assert np.allclose(handlocator.undo_dihedral_box(handlocator.dihedral_box(box, view), view), box)
+    assert np.array_equal(undo_dihedral(dihedral(image, view), view), image)
+
+
+def test_a_saved_locator_loads_back_the_same(keras_and_numpy, tmp_path):
+    _, locator = keras_and_numpy
+    locator.save(tmp_path / "loc.npz")
+    again = handlocator.Locator.load(tmp_path / "loc.npz")
+    thumb = np.random.default_rng(2).integers(0, 256, (handlocator.INPUT_SIDE, handlocator.INPUT_SIDE), dtype=np.uint8)
+    assert np.array_equal(again.locate(thumb), locator.locate(thumb))
+    (tmp_path / "bad.npz").write_text("no")
+    with pytest.raises(BoneageError, match="not a boneage hand locator"):
+        handlocator.Locator.load(tmp_path / "bad.npz")
+
+
+def test_an_unknown_locator_is_a_clear_error():
+    with pytest.raises(BoneageError, match="neither a packaged locator"):
+        handlocator.locator_path("no-such-locator")
+
+
+def test_a_blank_film_is_refused_before_the_locator():
+    with pytest.raises(BadInputError, match="blank"):
+        locate_hand_learned(np.full((300, 200), 90, np.uint8), PreprocessConfig(crop="locator"))
+
+
+def test_the_packaged_locator_box_lies_inside_the_film():
+    film = np.random.default_rng(3).integers(0, 256, (250, 180), dtype=np.uint8)
+    box = locate_hand_learned(film, PreprocessConfig(crop="locator", crop_margin=0.5))
+    assert 0 <= box.x0 < box.x1 <= 180 and 0 <= box.y0 < box.y1 <= 250
