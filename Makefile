@@ -22,14 +22,15 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 REGISTRY ?= ghcr.io/boneage
 IMAGE ?= $(REGISTRY)/boneage-gpu:$(VERSION)
 IMAGE_CPU ?= $(REGISTRY)/boneage-cpu:$(VERSION)
-PIPELINE_YAML ?= pipeline/boneage-pipeline.yaml
+PIPELINE_YAML ?= build/boneage-pipeline.yaml
 
-.PHONY: setup system-deps test test-fast demo pipeline real-data bench-real bench-demo bench-ood bench-ensemble plots bench bench-gpu mlflow-ui serve lint clean help services services-down image lint-docker compile kfp-local submit docker-ready base-image ca-certificates image-gpu push test-containers
+.PHONY: setup system-deps test test-fast demo demo-ensemble demo-next pipeline real-data bench-real bench-demo bench-ood bench-ensemble plots bench bench-gpu mlflow-ui serve lint clean help services services-down image lint-docker compile kfp-local submit docker-ready base-image ca-certificates image-gpu push test-containers image-local
 
 help:
 	@echo "make setup   install system packages and the pinned Python environment in $(VENV)"
 	@echo "make test    run the whole test suite (slow end-to-end tests included)"
 	@echo "make demo    install, then run the whole pipeline on the embedded synthetic dataset"
+	@echo "make demo-ensemble   then an ensemble of 3 members on the same data (after make demo)"
 	@echo "make real-data SOURCE=...   the pipeline on real RSNA films with the recipe of record (rsna-cpu)"
 	@echo "make bench   speed and memory benchmarks -> benchmarks/results.{json,md} and the README"
 	@echo "make bench-demo   the demo over 3 seeds -> the README's demo figures"
@@ -67,8 +68,11 @@ $(STAMP): pyproject.toml requirements.lock
 
 setup: system-deps $(STAMP)
 
+# PYTEST_MARKERS picks the tests: all but the container ones by default; .ci/run adds those, in the
+# same session, so that they reuse its service stack and its `dvc repro` (make ci-tests).
+PYTEST_MARKERS ?= not containers
 test: setup lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "$(PYTEST_MARKERS)"
 
 # ruff: lint and format check over the whole codebase (pyproject.toml [tool.ruff]).
 lint: setup
@@ -78,16 +82,28 @@ lint: setup
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow and not containers"
 
-# The whole pipeline on whatever params.yaml says (as committed: the embedded synthetic dataset).
+# The whole pipeline on whatever params.yaml says (as committed: the embedded synthetic dataset):
+# synth, ingest, preprocess, train, evaluate, register. The ensemble of its members: make demo-ensemble.
 demo: setup
 	@start=$$(date +%s); \
-	dvc repro && \
-	echo && echo "== Test metrics (months), single model ==" && boneage report --metrics reports/metrics.json && \
-	echo && echo "== Test metrics (months), ensemble of its members ==" && boneage report --metrics reports/ensemble/metrics.json && \
-	echo && cat reports/registry.json reports/ensemble/registry.json && \
-	echo && echo "pipeline wall time: $$(( $$(date +%s) - start )) s" && \
-	echo "Compare runs in the MLflow UI: make mlflow-ui, then open http://127.0.0.1:$(MLFLOW_PORT)" && \
-	echo "Plots offline: make plots, then open dvc_plots/render/index.html"
+	dvc repro register && \
+	echo && echo "== Test metrics (months) ==" && boneage report --metrics reports/metrics.json && \
+	echo && boneage report --registry reports/registry.json && \
+	echo "pipeline wall time: $$(( $$(date +%s) - start )) s" && $(MAKE) -s demo-next
+
+demo-ensemble: setup
+	@start=$$(date +%s); \
+	dvc repro register_ensemble && \
+	echo && echo "== Test metrics (months), the ensemble of its members ==" && boneage report --metrics reports/ensemble/metrics.json && \
+	echo && boneage report --registry reports/ensemble/registry.json && \
+	echo "ensemble wall time: $$(( $$(date +%s) - start )) s" && $(MAKE) -s demo-next
+
+demo-next:
+	@echo
+	@echo "What was made: data/synthetic/ (the films; contact sheet: data/preprocessed/contact_sheet.png),"
+	@echo "  models/ (model.keras, predictor.json, ood.npz, training_curve.png), reports/ (metrics.json, plots)."
+	@echo "Next: make mlflow-ui, then open http://127.0.0.1:$(MLFLOW_PORT) (the run, its curves and plots, the registered model);"
+	@echo "  make plots, then open dvc_plots/render/index.html; boneage predict FILM.png --sex F --model models"
 
 pipeline: setup
 	dvc repro
@@ -197,10 +213,13 @@ push: image image-gpu
 
 # The whole Kubeflow pipeline with every step in the CPU image (kfp.local's DockerRunner), against
 # the service stack; installs Docker from Debian and builds the local base and the image if needed.
-test-containers: setup docker-ready
+test-containers: image-local
+	$(BIN)/python -m pytest -m containers tests/test_pipelines.py
+
+# The CPU image, from the Debian base made here (Docker installed and started if needed).
+image-local: setup docker-ready
 	$(MAKE) base-image
 	$(MAKE) image BASE_IMAGE=$(LOCAL_BASE) CA_CERTS=$(or $(CA_CERTS),$(wildcard /usr/local/share/ca-certificates))
-	$(BIN)/python -m pytest -m containers tests/test_pipelines.py
 
 lint-docker: setup
 	$(BIN)/hadolint Dockerfile

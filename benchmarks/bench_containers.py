@@ -18,7 +18,7 @@ from pathlib import Path
 
 from benchmarks.bench_orchestration import scratch_project
 from benchmarks.common import PROJECT, WORK, record, rounded
-from boneage.kfp_runner import run_local
+from boneage.orchestrate.kfp_runner import run_local
 
 # What the Dockerfile copies from the build context (the rebuild is timed on a copy of it).
 BUILD_CONTEXT = ("Dockerfile", ".dockerignore", "docker", "requirements.lock", "pyproject.toml", "README.md", "src")
@@ -55,8 +55,8 @@ def rebuild_seconds(image: str) -> float:
 
 
 def main() -> None:
-    from boneage import services
     from boneage.config import load_params
+    from boneage.orchestrate import services
 
     params_path = PROJECT / "params.yaml"
     image = load_params(params_path).kfp.cpu_image

@@ -10,7 +10,7 @@ test split, compare
   one member's;
 - each ensemble with test-time augmentation off and on.
 
-Every arm goes through the same ``boneage.ensemble.build`` (the single model as an ensemble of one),
+Every arm goes through the same ``boneage.training.ensemble.build`` (the single model as an ensemble of one),
 so that each gets the same bias correction and band-conditional interval fitted on the validation
 films; then ``evaluate`` reads the test split once per arm. The wall time that K nodes would take is
 the slowest member's own measured time; one machine takes their sum.
@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import (
+    DOCS,
     REPEATS,
     SAMPLES,
     WORK,
@@ -43,7 +44,7 @@ from benchmarks.common import (
     machine,
     prepared_synthetic,
     record,
-    replace_readme_block,
+    replace_block,
     verdict,
 )
 
@@ -119,8 +120,8 @@ def _reuse_recipe_run(folder: Path) -> None:
 def _arm(name: str, source: Path, epochs: int, steps: int, with_tta: bool = True) -> dict:
     from benchmarks.bench_real import bootstrap_interval, prepared_real
     from boneage.contracts import MEMBER_FILE
-    from boneage.ensemble import build, train_member, views
-    from boneage.evaluate import evaluate
+    from boneage.training.ensemble import build, train_member, views
+    from boneage.training.evaluate import evaluate
 
     members = ARMS[name]
     params = _params(source, epochs, steps, members, tta=False)
@@ -163,7 +164,7 @@ def _arm(name: str, source: Path, epochs: int, steps: int, with_tta: bool = True
 
 
 def _store(part: str | None = None, value=None) -> None:
-    """Record ``part`` (or re-record what is there) and rewrite the README's block from the record."""
+    """Record ``part`` (or re-record what is there) and rewrite its docs block from the record."""
     data = {k: v for k, v in load_results().get(RESULT_KEY, {}).items() if k in ("real", "latency")}
     if part:
         data[part] = value
@@ -212,10 +213,12 @@ def real(source: Path, epochs: int, steps: int, only: list[str], with_tta: bool 
 def latency() -> None:
     from boneage.config import Params
     from boneage.contracts import MODEL_FILE, PREDICTOR_FILE
-    from boneage.ensemble import combined_model, member_stack, views
-    from boneage.model import build_model
-    from boneage.ood import fit_for_model
-    from boneage.predict import Predictor, PredictorConfig, predict_files
+    from boneage.model.calibration import IntervalCalibration
+    from boneage.model.network import build_model
+    from boneage.model.predictor_config import PredictorConfig
+    from boneage.serve.predict import Predictor, predict_files
+    from boneage.training.ensemble import combined_model, member_stack, views
+    from boneage.training.fit_ood import fit_for_model
 
     files = sorted(SAMPLES.glob("*.png"))
     if not files:
@@ -239,13 +242,7 @@ def latency() -> None:
         model.save(folder / MODEL_FILE)
         # The served path checks each film against the training films: fit a check (on synthetic films).
         fit_for_model(model, checked_on, folder, params)
-        PredictorConfig(
-            preprocess=params.preprocess.model_dump(mode="json"),
-            max_image_pixels=params.data.max_image_pixels,
-            use_sex=params.model.use_sex,
-            interval_level=0.9,
-            interval_halfwidth_months=12.0,
-        ).write(folder / PREDICTOR_FILE)
+        PredictorConfig.of(params, IntervalCalibration(0.0, 12.0, [], []), {}).write(folder / PREDICTOR_FILE)
         predictor = Predictor.load(str(folder))
         for path in files[:3]:
             predict_files(predictor, [path], sex="F")
@@ -274,11 +271,11 @@ def latency() -> None:
     )
 
 
-START, END = "<!-- ensemble:start -->", "<!-- ensemble:end -->"
+PAGE, BLOCK = DOCS / "ensembles.md", "ensemble"
 
 
 def write_readme(data: dict) -> None:
-    replace_readme_block(START, END, block(data))
+    replace_block(PAGE, BLOCK, block(data))
 
 
 def _recipe_of_record_mae() -> str:
@@ -287,7 +284,7 @@ def _recipe_of_record_mae() -> str:
 
 
 def block(data: dict) -> str:
-    """The README's ensemble block, from results.json alone."""
+    """The ensemble block of docs/ensembles.md, from results.json alone."""
     m = data.get("machine", {})
     lines = [
         f"Measured by `benchmarks/bench_ensemble.py` on {m.get('cpu', '?')}, {m.get('cores', '?')} cores, {m.get('date', '?')}."

@@ -1,7 +1,7 @@
 """Does the real model hold on films framed, turned and mirrored differently from its training
 copies, and does it refuse what is no film at all? Measured on a finished `make real-data`
 workspace, every film scored by `boneage predict`'s code as a user's file would be. Results go to
-benchmarks/results.json ("framing") and the README's block; not in CI (minutes on 2 cores).
+benchmarks/results.json ("framing") and the block in docs/real-data.md; not in CI (minutes on 2 cores).
 
 - framing: the test-split films that carry people's hand boxes (SOURCE/hand-boxes.csv), each scored
   twice: as the whole film, and cut to its box with a small margin (a film that comes pre-cropped).
@@ -22,10 +22,10 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from benchmarks.common import WORK, load_results, machine, record, replace_readme_block
+from benchmarks.common import DOCS, WORK, load_results, machine, record, replace_block
 
 RESULT_KEY = "framing"
-START, END = "<!-- framing:start -->", "<!-- framing:end -->"
+PAGE, BLOCK = DOCS / "real-data.md", "framing"
 PRE_CROP_MARGIN = 0.05  # of the box's side, on each side: "cropped to its box with a small margin"
 ORIENTATION_FILMS = 300  # test films per view
 GOALS = {"framing_mae_ratio": 1.10, "coverage": (0.88, 0.94), "put_right": 0.98, "ramps_refused": 1.0}
@@ -36,7 +36,7 @@ IMAGE_DIR = "boneage-training-dataset"
 
 
 def _score(predictor, files: list[Path], sexes: list[str]) -> pd.DataFrame:
-    from boneage.predict import WorklistRow, predict_worklist
+    from boneage.serve.predict import WorklistRow, predict_worklist
 
     rows = [WorklistRow(i + 2, f.stem, f, s, "") for i, (f, s) in enumerate(zip(files, sexes, strict=True))]
     results = predict_worklist(predictor, rows)
@@ -106,7 +106,7 @@ def framing(predictor, source: Path, test: pd.DataFrame, out: Path) -> dict:
 
 
 def orientation(predictor, source: Path, test: pd.DataFrame, out: Path) -> dict:
-    from boneage.imaging import DIHEDRAL_VIEWS, describe_view, dihedral
+    from boneage.data.imaging import DIHEDRAL_VIEWS, describe_view, dihedral
 
     ids = list(test.index[:ORIENTATION_FILMS])
     sexes = ["M" if test.loc[i, "male"] else "F" for i in ids]
@@ -151,7 +151,7 @@ def ramps(predictor, out: Path, seed: int = 0) -> dict:
 
 
 def run(workspace: Path, source: Path) -> dict:
-    from boneage.predict import Predictor
+    from boneage.serve.predict import Predictor
 
     manifest = pd.read_csv(workspace / "data" / "preprocessed" / "manifest.csv", dtype={"id": str})
     test = manifest[manifest["split"] == "test"].set_index("id")
@@ -234,7 +234,7 @@ def main() -> None:
             parser.error("run needs --source")
         result = run(args.workspace.resolve(), args.source.resolve())
         record(RESULT_KEY, {"runs": [result], "machine": machine(), **summary(result)})
-    replace_readme_block(START, END, block(load_results().get(RESULT_KEY, {})))
+    replace_block(PAGE, BLOCK, block(load_results().get(RESULT_KEY, {})))
 
 
 if __name__ == "__main__":

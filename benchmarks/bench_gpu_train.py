@@ -26,9 +26,9 @@ import pandas as pd
 import tensorflow as tf
 
 from benchmarks.common import REPEATS, WORK, bench_params, fit_images_per_second, prepared_synthetic, record, rounded
-from boneage.dataset import make_dataset
-from boneage.model import build_model
-from boneage.train import compile_model, target_stats
+from boneage.model.network import build_model
+from boneage.training.dataset import make_dataset
+from boneage.training.train import compile_model, target_stats
 
 SOURCE_FILM_PX = 768  # synthetic films larger than the biggest crop, so 512 px is not an upscale
 SIZES = (299, 384, 512)
@@ -72,11 +72,11 @@ def images_per_second(size: int, mixed: bool, images: int, steps: int, film_px: 
 def short_run(source: Path, minutes: float, smoke: bool) -> dict:
     """`rsna-gpu` at its real size on the first films of ``source``, through the ImageNet path with a
     stand-in weights file, for ``minutes`` of training; its test MAE, labelled."""
-    from boneage.evaluate import evaluate
-    from boneage.ingest import ingest
-    from boneage.model import write_stand_in_weights
-    from boneage.preprocess import preprocess
-    from boneage.train import train
+    from boneage.data.ingest import ingest
+    from boneage.data.preprocess import preprocess
+    from boneage.model.network import write_stand_in_weights
+    from boneage.training.evaluate import evaluate
+    from boneage.training.train import train
 
     root = WORK / "gpu-short-run"
     subset = _subset(source, root / "source", 60 if smoke else SHORT_RUN_FILMS)

@@ -17,8 +17,10 @@ import numpy as np
 
 from benchmarks.common import REPEATS, SAMPLES, WORK, bench_params, record, rounded, verdict
 from boneage.contracts import MODEL_FILE, PREDICTOR_FILE
-from boneage.model import build_model
-from boneage.predict import DEFAULT_BATCH, Predictor, PredictorConfig, predict_files
+from boneage.model.calibration import IntervalCalibration
+from boneage.model.network import build_model
+from boneage.model.predictor_config import PredictorConfig
+from boneage.serve.predict import DEFAULT_BATCH, Predictor, predict_files
 
 GOAL_P50_MS = 250.0
 SIZE = 299
@@ -32,13 +34,7 @@ def saved_predictor(size: int) -> Predictor:
     folder.mkdir(parents=True, exist_ok=True)
     model = build_model(params.model, size, target_mean=127.0, target_sd=42.0)
     model.predict.save(folder / MODEL_FILE)
-    PredictorConfig(
-        preprocess=params.preprocess.model_dump(mode="json"),
-        max_image_pixels=params.data.max_image_pixels,
-        use_sex=params.model.use_sex,
-        interval_level=params.train.interval_level,
-        interval_halfwidth_months=12.0,
-    ).write(folder / PREDICTOR_FILE)
+    PredictorConfig.of(params, IntervalCalibration(0.0, 12.0, [], []), {}).write(folder / PREDICTOR_FILE)
     return Predictor.load(str(folder))
 
 

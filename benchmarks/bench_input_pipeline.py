@@ -14,9 +14,9 @@ import keras
 import tensorflow as tf
 
 from benchmarks.common import REPEATS, bench_params, fit_images_per_second, prepared_synthetic, record, rounded, verdict
-from boneage.dataset import make_dataset
-from boneage.model import build_model
-from boneage.train import compile_model, target_stats
+from boneage.model.network import build_model
+from boneage.training.dataset import make_dataset
+from boneage.training.train import compile_model, target_stats
 
 GOAL = 0.95
 IMAGES = 400  # 280 training images: shuffled, augmented and decoded anew on every pass

@@ -1,6 +1,6 @@
 """What the out-of-distribution check refuses, and whether the interval keeps its promise on real
 films: measured by code, stored under "ood" in benchmarks/results.json and rendered into the
-README's "Out-of-distribution refusal" block. Not in CI (minutes on 2 cores).
+docs/predict-serve.md's "Out-of-distribution refusal" block. Not in CI (minutes on 2 cores).
 
     python -m benchmarks.bench_ood run --workspace REAL --source SOURCE --demo-workspace DEMO
 
@@ -8,9 +8,9 @@ README's "Out-of-distribution refusal" block. Not in CI (minutes on 2 cores).
 - SOURCE: the real films it was trained on (Kaggle layout), read as a user's films would be.
 - DEMO: a finished demo workspace (`python -m benchmarks.bench_demo run` leaves one per seed).
 
-Every input goes through `boneage.predict` as a user's file would (hand crop, then the model and
+Every input goes through `boneage.serve.predict` as a user's file would (hand crop, then the model and
 its check). A model trained before it carried a check gets one fitted by the very call training
-makes (`boneage.ood.fit_for_model`), and its interval is recalibrated by training's
+makes (`boneage.training.fit_ood.fit_for_model`), and its interval is recalibrated by training's
 `calibrate_interval` on its own validation predictions; the test split is only scored.
 """
 
@@ -25,10 +25,10 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from benchmarks.common import WORK, bench_params, load_results, machine, record, replace_readme_block
+from benchmarks.common import DOCS, WORK, bench_params, load_results, machine, record, replace_block
 
 RESULT_KEY = "ood"
-START, END = "<!-- ood:start -->", "<!-- ood:end -->"
+PAGE, BLOCK = DOCS / "predict-serve.md", "ood"
 GOALS = {"real_test_max": 0.01, "foreign_min": 0.99, "synthetic_model_real_min": 0.95}
 COVERAGE_GOAL = (0.88, 0.94)
 PER_KIND = 200  # drawn or derived images per kind of foreign input
@@ -87,7 +87,7 @@ def photo_crop(rng, photos, size) -> np.ndarray:
 
 def write_foreign_inputs(out: Path, source_test_films: list[Path], seed: int = 0) -> dict[str, list[Path]]:
     """PNG files of each kind the real model was not made for; returns kind -> files."""
-    from boneage.synth import IMAGE_DIR, write_dataset
+    from boneage.data.synth import IMAGE_DIR, write_dataset
 
     rng = np.random.default_rng(seed)
     photos = photographs()
@@ -122,7 +122,7 @@ def write_foreign_inputs(out: Path, source_test_films: list[Path], seed: int = 0
 # --- Scoring ---------------------------------------------------------------------------------
 def refusals(predictor, files: list[Path], sexes: list[str]) -> dict:
     """How many of ``files`` are refused, by the hand crop or by the out-of-distribution check."""
-    from boneage.predict import WorklistRow, predict_worklist
+    from boneage.serve.predict import WorklistRow, predict_worklist
 
     rows = [WorklistRow(i + 2, f.stem, f, s, "") for i, (f, s) in enumerate(zip(files, sexes, strict=True))]
     start = time.perf_counter()
@@ -144,10 +144,10 @@ def checked_model(model_dir: Path, data_dir: Path, predictions: Path | None, par
     """A copy of a trained model that carries a check and band-conditional intervals, fitted by the
     calls training makes (unchanged if the model already has them)."""
     from boneage.contracts import MODEL_FILE, OOD_FILE, PREDICTOR_FILE
-    from boneage.model import load_predict_model
-    from boneage.ood import fit_for_model
-    from boneage.predict import calibrate_interval
-    from boneage.predictor_config import PredictorConfig
+    from boneage.model.calibration import calibrate_interval
+    from boneage.model.network import load_predict_model
+    from boneage.model.predictor_config import PredictorConfig
+    from boneage.training.fit_ood import fit_for_model
 
     shutil.rmtree(out, ignore_errors=True)  # never judge with a check left by an earlier run
     out.mkdir(parents=True)
@@ -175,7 +175,8 @@ def interval_coverage(model_dir: Path, predictions: Path, params) -> dict:
     """Coverage of the model's 90% interval on its held-out test films: overall, by true age band
     and by predicted age band (the bands its widths are calibrated in)."""
     from boneage.contracts import age_band, age_band_labels
-    from boneage.predictor_config import PredictorConfig, band_index
+    from boneage.model.calibration import band_index
+    from boneage.model.predictor_config import PredictorConfig
 
     config = PredictorConfig.read(model_dir / "predictor.json")
     test = pd.read_csv(predictions).query("split == 'test'").copy()
@@ -210,7 +211,7 @@ def interval_coverage(model_dir: Path, predictions: Path, params) -> dict:
 
 
 def run(workspace: Path, source: Path, demo_workspace: Path) -> dict:
-    from boneage.predict import Predictor
+    from boneage.serve.predict import Predictor
 
     for folder, how in ((workspace / "models", "make real-data"), (demo_workspace / "models", "make bench-demo")):
         if not (folder / "model.keras").is_file():
@@ -337,7 +338,7 @@ def block(data: dict) -> str:
 
 
 def write_readme_block(data: dict) -> None:
-    replace_readme_block(START, END, block(data))
+    replace_block(PAGE, BLOCK, block(data))
 
 
 def main() -> None:

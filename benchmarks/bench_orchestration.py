@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks.common import PROJECT, REPEATS, WORK, record, rounded, verdict
-from boneage.kfp_runner import run_local
+from boneage.orchestrate.kfp_runner import run_local
 
 GOAL_NOOP_SECONDS = 3.0
 BIN = Path(sys.executable).parent

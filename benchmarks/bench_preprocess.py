@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from benchmarks.common import REPEATS, SAMPLES, bench_params, record, rounded, verdict
-from boneage.preprocess import _Job, _process
+from boneage.data.preprocess import _Job, _process
 
 SEED_SIZE = 224
 GOAL = 0.70

@@ -1,6 +1,6 @@
 """Real-film accuracy and crop quality: `make bench-real SOURCE=...` (not in CI; hours on 2 cores).
 
-Three parts, each stored in benchmarks/results.json under "real_data" and rendered into the README:
+Three parts, each stored in benchmarks/results.json under "real_data" and rendered into docs/real-data.md:
 
 - ``crop``: on every film of SOURCE, how many the hand crop refuses, and on the films that have a
   person's hand box (SOURCE/hand-boxes.csv), how many crops are good; the first crop (hand-v1)
@@ -51,8 +51,8 @@ def _image_dir(source: Path) -> Path:
 def _locate(job: tuple[str, str, str]) -> tuple[str, tuple | None, str | None]:
     import cv2
 
+    from boneage.data.handcrop import LOCATORS
     from boneage.errors import BadInputError
-    from boneage.handcrop import LOCATORS
 
     image_id, path, crop = job
     pixels = cv2.imread(path, cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH)
@@ -68,7 +68,7 @@ def _locate(job: tuple[str, str, str]) -> tuple[str, tuple | None, str | None]:
 
 def crop_quality(source: Path, crop: str, workers: int = 2) -> dict:
     """Refusals over every film of ``source`` and good crops against its people's hand boxes."""
-    from boneage.handcrop import GOOD_CROP_MAX_AREA_RATIO, GOOD_CROP_MIN_COVERAGE, Box
+    from boneage.data.handcrop import GOOD_CROP_MAX_AREA_RATIO, GOOD_CROP_MIN_COVERAGE, Box
 
     labels = pd.read_csv(source / "boneage-training-dataset.csv", dtype={"id": str})
     jobs = [(i, str(_image_dir(source) / f"{i}.png"), crop) for i in labels["id"]]
@@ -87,7 +87,7 @@ def crop_quality(source: Path, crop: str, workers: int = 2) -> dict:
     }
     boxes_path = source / BOXES_FILE
     if boxes_path.is_file():
-        from boneage.ingest import assign_split
+        from boneage.data.ingest import assign_split
 
         people = pd.read_csv(boxes_path, dtype={"id": str})
         split = bench_params(preset=REAL_PRESET)
@@ -254,8 +254,8 @@ def _metric_summary(metrics: dict, predictions: Path) -> dict:
 def prepared_real(params, root: Path) -> Path:
     """The real films ingested once under ``root`` and preprocessed per crop, size and CLAHE
     (cached): the data every real-film benchmark trains on, with one split."""
-    from boneage.ingest import ingest
-    from boneage.preprocess import preprocess
+    from boneage.data.ingest import ingest
+    from boneage.data.preprocess import preprocess
 
     manifest = root / "ingest" / "manifest.csv"
     if not manifest.is_file():
@@ -270,8 +270,8 @@ def prepared_real(params, root: Path) -> Path:
 def run_variant(name: str, source: Path, minutes: float, epochs: int, steps: int, seed_minutes: float) -> dict:
     """One variant, trained for the shared budget: ingest once, preprocess per crop and size,
     train, then evaluate (the one read of the test split for this recipe)."""
-    from boneage.evaluate import evaluate
-    from boneage.train import train
+    from boneage.training.evaluate import evaluate
+    from boneage.training.train import train
 
     overrides, _ = VARIANTS[name]
     root = WORK / "real"
@@ -330,9 +330,9 @@ CANDIDATES = {
 def val_mae(model_dir: Path, data_dir: Path, params) -> float:
     """The saved model's validation MAE, each film scored as evaluate and serving score it (put
     upright by its check, bias-corrected): what candidates are chosen on."""
-    from boneage.dataset import predict_split
-    from boneage.model import load_predict_model
-    from boneage.ood import OodCheck
+    from boneage.model.network import load_predict_model
+    from boneage.model.ood import OodCheck
+    from boneage.training.dataset import predict_split
 
     check = OodCheck.load(model_dir / "ood.npz") if (model_dir / "ood.npz").is_file() else None
     model = load_predict_model(model_dir / "model.keras")
@@ -345,7 +345,7 @@ def run_candidate(name: str, source: Path) -> dict:
     """One candidate of the search, trained with the preset's budget; validation figures only."""
     import mlflow
 
-    from boneage.train import train
+    from boneage.training.train import train
 
     overrides, description = CANDIDATES[name]
     root = WORK / "real"
@@ -397,7 +397,7 @@ def store(part: str, value) -> None:
     record(
         RESULT_KEY, {**data, "runs": runs or [data.get("crop", {})], "title": "real RSNA films (100 px), CPU", **_summary(data)}
     )
-    # The README's block follows every stored result, so the two never disagree between parts.
+    # The docs block follows every stored result, so the two never disagree between parts.
     from benchmarks.real_report import write_readme_block
 
     write_readme_block(load_results().get(RESULT_KEY, {}))

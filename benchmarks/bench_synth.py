@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from benchmarks.common import median_rate, record, rounded, verdict
-from boneage.synth import draw_labels, render
+from boneage.data.synth import draw_labels, render
 
 N = 60
 

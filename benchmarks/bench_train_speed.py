@@ -89,10 +89,10 @@ def measure_setting(data: str, overrides: dict) -> dict:
     import pandas as pd
 
     from benchmarks.common import fit_images_per_second
-    from boneage.dataset import make_dataset
-    from boneage.model import build_model
-    from boneage.precision import training_precision
-    from boneage.train import compile_model, target_stats
+    from boneage.model.network import build_model
+    from boneage.training.dataset import make_dataset
+    from boneage.training.precision import training_precision
+    from boneage.training.train import compile_model, target_stats
 
     params = bench_params(**{"preset": PRESET, **overrides})
     size, tcfg = params.preprocess.image_size, params.train

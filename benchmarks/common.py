@@ -1,5 +1,5 @@
 """Shared helpers: machine facts, medians of repeated runs, synthetic data for the benchmarks, and
-one results file (JSON) rendered to a Markdown table that the README embeds."""
+one results file (JSON), and the generated blocks of the README and docs/ pages written from it."""
 
 from __future__ import annotations
 
@@ -18,10 +18,12 @@ PROJECT = HERE.parent
 RESULTS = HERE / "results.json"
 RESULTS_MD = HERE / "results.md"
 README = PROJECT / "README.md"
+DOCS = PROJECT / "docs"
+BENCH_PAGE = DOCS / "benchmarks.md"
 # Scratch space for generated data and models; reused between benchmarks of one `make bench`.
 WORK = HERE / ".work"
 SAMPLES = PROJECT.parent / "shared" / "data" / "rsna-sample" / "boneage-training-dataset"
-README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
+BENCH_BLOCK = "bench"
 # Each benchmark is repeated and its median reported (the issue asks for at least 3).
 REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
 
@@ -125,18 +127,30 @@ def markdown_table(data: dict) -> str:
 def write_markdown(data: dict) -> None:
     table = markdown_table(data)
     RESULTS_MD.write_text(table)
-    # The README shows the same table between two markers, so it cannot drift from the results.
-    replace_readme_block(README_START, README_END, table)
+    # docs/benchmarks.md shows the same table between two markers, so it cannot drift from the results.
+    replace_block(BENCH_PAGE, BENCH_BLOCK, table)
 
 
-def replace_readme_block(start: str, end: str, body: str) -> None:
-    """Put ``body`` between the README's ``start`` and ``end`` markers (nothing if they are absent)."""
-    if not README.exists():
-        return
-    text = README.read_text()
+def markers(name: str) -> tuple[str, str]:
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+
+
+def block_text(page: Path, name: str) -> str:
+    """What stands between a page's markers of block ``name``; an error when they are missing."""
+    start, end = markers(name)
+    match = re.search(re.escape(start) + "(.*?)" + re.escape(end), page.read_text(), re.S)
+    if not match:
+        raise SystemExit(f"error: {page} has no {start} ... {end} block to write")
+    return match.group(1)
+
+
+def replace_block(page: Path, name: str, body: str) -> None:
+    """Put ``body`` between a page's markers of block ``name``; an error when they are missing, so
+    that a figure never silently stops being written."""
+    block_text(page, name)
+    start, end = markers(name)
     pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
-    if pattern.search(text):
-        README.write_text(pattern.sub(lambda _: f"{start}\n{body}{end}", text))
+    page.write_text(pattern.sub(lambda _: f"{start}\n{body}{end}", page.read_text()))
 
 
 def bench_params(**overrides):
@@ -149,9 +163,9 @@ def bench_params(**overrides):
 def prepared_synthetic(count: int, image_size: int, seed: int = 0, film_px: int | None = None) -> Path:
     """Synthetic RSNA-format films (``film_px``: params' size by default) -> ingest -> preprocess at
     ``image_size``: the TFRecords that training reads. Cached under benchmarks/.work."""
-    from boneage.ingest import ingest
-    from boneage.preprocess import preprocess
-    from boneage.synth import write_dataset
+    from boneage.data.ingest import ingest
+    from boneage.data.preprocess import preprocess
+    from boneage.data.synth import write_dataset
 
     params = bench_params(**{"preprocess.image_size": image_size, "seed": seed})
     film_px = film_px or params.data.synthetic.image_size

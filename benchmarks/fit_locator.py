@@ -1,7 +1,7 @@
 """Fit the packaged hand locator (src/boneage/resources/hand-locator-v1.npz) from the real films:
 the rule crop's boxes on all 12,611 films of SOURCE, then people's boxes (SOURCE/hand-boxes.csv)
 on the films that the recipe of record's split puts in training; self-trained over rounds
-(boneage.handlocator.fit_rounds). Not in CI (about 20 minutes on 2 cores).
+(boneage.data.handlocator.fit_rounds). Not in CI (about 20 minutes on 2 cores).
 
 The boxes of the films in the validation and test splits are never fitted on: `bench_real crop`
 measures the locator on them. The crop margin is chosen first, on a quarter of the fitted boxes
@@ -25,8 +25,8 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.common import bench_params, machine
-from boneage import handlocator
-from boneage.handcrop import Box
+from boneage.data import handlocator
+from boneage.data.handcrop import Box
 
 NAME = "hand-locator-v1"
 MARGINS = (0.0, 0.01, 0.02, 0.03, 0.04, 0.05)
@@ -40,8 +40,8 @@ def _read(path: str) -> np.ndarray:
 
 def _rule_box(path: str) -> np.ndarray | None:
     from boneage.config import PreprocessConfig
+    from boneage.data.handcrop import locate_hand
     from boneage.errors import BadInputError
-    from boneage.handcrop import locate_hand
 
     try:
         box = locate_hand(_read(path), PreprocessConfig(crop="hand", crop_margin=0.0))
@@ -72,7 +72,7 @@ def widest_near_best(shares: dict[float, float], boxes: int) -> float:
 
 
 def main() -> None:
-    from boneage.ingest import assign_split
+    from boneage.data.ingest import assign_split
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", type=Path, required=True)

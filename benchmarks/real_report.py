@@ -1,12 +1,12 @@
-"""The README's real-data figures, written from benchmarks/results.json (never typed by hand):
+"""The real-data figures of docs/real-data.md, written from benchmarks/results.json (never typed by hand):
 the crop table, the recipe of record's accuracy, its learning curve (docs/real-learning-curve.png)
 and the equal-budget comparison."""
 
 from __future__ import annotations
 
-from benchmarks.common import PROJECT, replace_readme_block
+from benchmarks.common import DOCS, PROJECT, replace_block
 
-START, END = "<!-- real:start -->", "<!-- real:end -->"
+PAGE, BLOCK = DOCS / "real-data.md", "real"
 CURVE_PNG = PROJECT / "docs" / "real-learning-curve.png"
 
 
@@ -33,7 +33,7 @@ def _crop_lines(crop: dict) -> list[str]:
         "",
         "The locator (`src/boneage/resources/hand-locator-v1.json` says how it was fitted) learned from the boxes of "
         "the films the split puts in training, after the rules' boxes on every film; the boxes of the validation and "
-        "test films it never saw. The misses before and after: [docs/crop-misses.png](docs/crop-misses.png).",
+        "test films it never saw. The misses before and after: [crop-misses.png](crop-misses.png).",
         "",
     ]
 
@@ -86,7 +86,7 @@ def _recipe_lines(recipe: dict) -> list[str]:
         + ".",
         f"Goal ≤ 0.35× predict-the-mean: {'met' if m['ratio'] <= 0.35 else 'missed'} ({m['ratio']:.2f}×).",
         "",
-        f"![validation MAE against training images seen](docs/{CURVE_PNG.name})",
+        f"![validation MAE against training images seen]({CURVE_PNG.name})",
         "",
     ]
     return lines
@@ -179,4 +179,4 @@ def block(data: dict) -> str:
 def write_readme_block(data: dict) -> None:
     if data.get("recipe"):
         plot_learning_curve(data["recipe"])
-    replace_readme_block(START, END, block(data))
+    replace_block(PAGE, BLOCK, block(data))

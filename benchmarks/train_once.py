@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import bench_params
-from boneage.train import train
+from boneage.training.train import train
 
 
 def main() -> None:

@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 
 from boneage.config import PreprocessConfig
-from boneage.handcrop import prepare
-from boneage.imaging import read_radiograph
-from boneage.synth import render
+from boneage.data.handcrop import prepare
+from boneage.data.imaging import read_radiograph
+from boneage.data.synth import render
 
 TILE_W, TILE_H = 150, 190
 HERE = Path(__file__).parent

@@ -66,6 +66,10 @@ class Page:
             time.sleep(POLL_S)
         return text
 
+    def resize(self, width: int, height: int) -> None:
+        """The page's viewport, as if the window had that size."""
+        self.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
+
     def screenshot(self, path: Path) -> None:
         data = self.call("Page.captureScreenshot", format="png")["data"]
         path.write_bytes(base64.b64decode(data))

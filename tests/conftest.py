@@ -1,4 +1,7 @@
-"""Shared fixtures. Tests may read ../shared/data (the real RSNA sample and labels); the package never does."""
+"""What every test folder shares: the repository's paths and the real data beside it, the one small
+recipe the tests train with, one trained model for the tests that only read it, the service stack,
+the image factories, and the per-test durations each run leaves in reports/test-durations.json.
+Tests may read ../shared/data (the real RSNA films); the package never does."""
 
 from __future__ import annotations
 
@@ -6,16 +9,22 @@ import csv
 import json
 import os
 import platform
+import struct
+import sys
 import time
+import zlib
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
 import pytest
 
 from boneage.config import Params
+from boneage.errors import BoneageError
 
 REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # the project's environment: boneage, dvc, mlflow
 SHARED_DATA = REPO.parent / "shared" / "data"
 RSNA_SAMPLE = SHARED_DATA / "rsna-sample"
 RSNA_LABELS = SHARED_DATA / "rsna-labels"
@@ -79,6 +88,141 @@ def params() -> Params:
     return Params()
 
 
+# --- The one small recipe the tests train with --------------------------------------------------
+def small_recipe(tmp: Path, **sections) -> Params:
+    """The tests' recipe: the demo's in miniature (a small CNN from random weights on 75 px crops
+    of synthetic films found by the rules, cosine decay, no augmentation), logging to a SQLite
+    MLflow store under ``tmp``. ``sections`` replace or extend its sections (``train={...}``)."""
+    raw = {
+        "seed": 4,
+        "data": {"source": str(tmp / "synth")},
+        "preprocess": {"image_size": 75, "workers": 1, "crop": "hand"},
+        "model": {"backbone": "small_cnn", "weights": "none", "head_units": [64], "head_dropout": 0.0},
+        "train": {
+            "batch_size": 32,
+            "epochs": 14,
+            "learning_rate": 3e-3,
+            "lr_schedule": "cosine",
+            "early_stopping_patience": 50,
+            "bn_recalibration_images": 64,
+            "augment": {"enabled": False},
+        },
+        "mlflow": {
+            "tracking_uri": f"sqlite:///{tmp}/mlruns/mlflow.db",
+            "artifact_root": str(tmp / "mlruns" / "art"),
+            "log_system_metrics": False,
+        },
+    }
+    for section, values in sections.items():
+        raw[section] = {**raw.get(section, {}), **values} if isinstance(values, dict) else values
+    return Params.model_validate(raw)
+
+
+def synthetic_prepared(tmp: Path, params: Params, count: int, seed: int, size: int = 192) -> Path:
+    """``count`` synthetic films drawn into tmp/synth, ingested and preprocessed with ``params``;
+    the preprocessed folder."""
+    from boneage.data.ingest import ingest
+    from boneage.data.preprocess import preprocess
+    from boneage.data.synth import write_dataset
+
+    write_dataset(tmp / "synth", count=count, seed=seed, size=size, workers=1)
+    result = ingest(params, tmp / "ingest")
+    preprocess(params, result.manifest_path, tmp / "pre")
+    return tmp / "pre"
+
+
+@pytest.fixture(scope="session")
+def trained_small(tmp_path_factory) -> SimpleNamespace:
+    """The small recipe trained once a session on 320 synthetic films, with its check and interval:
+    shared by every test that only reads a trained model (they must not change its folder)."""
+    import pandas as pd
+
+    from boneage.serve.predict import Predictor, predict_files
+    from boneage.training.train import train
+
+    tmp = tmp_path_factory.mktemp("trained-small")
+    params = small_recipe(tmp)
+    data = synthetic_prepared(tmp, params, count=320, seed=11)
+    result = train(params, data, tmp / "models")
+    manifest = pd.read_csv(tmp / "ingest" / "manifest.csv", dtype={"id": str})
+    predictor = Predictor.load(str(tmp / "models"))
+    test_ids = manifest.loc[manifest["split"] == "test", "id"]
+    test_films = [tmp / "synth" / "boneage-training-dataset" / f"{i}.png" for i in test_ids]
+    scored = predict_files(predictor, test_films, sex="F")
+    return SimpleNamespace(
+        tmp=tmp,
+        params=params,
+        data=data,
+        models=tmp / "models",
+        run_id=result.run_id,
+        manifest=manifest,
+        predictor=predictor,
+        test_films=test_films,
+        # The test films the model's out-of-distribution check lets through: what the tests of the
+        # scoring mechanics score (the check's own refusals are tested on their own).
+        accepted=[Path(r.source) for r in scored if not r.rejected],
+        refused_test_films=sum(1 for r in scored if r.rejected),
+    )
+
+
+# --- Image factories ----------------------------------------------------------------------------
+def hand_like(h=400, w=300, dtype=np.uint8) -> np.ndarray:
+    """A dark film, a bright palm with fingers, a film-edge frame and an 'L' marker."""
+    peak = np.iinfo(dtype).max
+    img = np.full((h, w), peak // 20, dtype)
+    img[int(h * 0.45) : h, int(w * 0.25) : int(w * 0.75)] = peak * 6 // 10  # palm and forearm
+    for k in range(4):
+        x = int(w * (0.27 + 0.12 * k))
+        img[int(h * 0.15) : int(h * 0.5), x : x + int(w * 0.08)] = peak * 6 // 10  # fingers
+    img[:6, :] = img[-6:, :] = peak  # film border
+    img[:, :6] = img[:, -6:] = peak
+    img[30:70, w - 50 : w - 42] = peak  # the 'L' marker, away from the hand
+    img[62:70, w - 50 : w - 25] = peak
+    return img
+
+
+def dicom_file(path, pixels: np.ndarray, photometric: str, with_pixels=True):
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.PatientSex, ds.PatientAge = "F", "010Y"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    if with_pixels:
+        ds.PixelData = pixels.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def good_png() -> bytes:
+    img = np.zeros((64, 48), np.uint8)
+    img[10:60, 10:38] = 180
+    return cv2.imencode(".png", img)[1].tobytes()
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def bomb_png(width=100_000, height=100_000) -> bytes:
+    """A valid PNG header announcing 10 gigapixels in a few hundred bytes."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+        + png_chunk(b"IEND", b"")
+    )
+
+
 def blob_png(path: Path, size=(96, 128), value=200, dtype=np.uint8) -> Path:
     """A dark film with a bright hand-sized blob: enough for ingest and crop plumbing."""
     h, w = size
@@ -110,6 +254,9 @@ def write_kaggle_dataset(root: Path, rows: list[tuple[str, str, str]], images: d
     return root
 
 
+STACK_ATTEMPTS = 3
+
+
 @pytest.fixture(scope="session")
 def stack():
     """A real service stack, PostgreSQL + the GCS emulator + an MLflow server with basic auth,
@@ -118,12 +265,21 @@ def stack():
     import shutil
     import tempfile
 
-    from boneage import services
+    from boneage.orchestrate import services
 
     # Not under pytest's 0700 tmp folder: as root, PostgreSQL runs as `postgres`, which must reach it.
     root = Path(tempfile.mkdtemp(prefix="boneage-services-"))
-    ports = {name: services.free_port() for name in services.DEFAULT_PORTS}
-    started = services.start(root, ports, password="test-" + os.urandom(12).hex())
+    password = "test-" + os.urandom(12).hex()
+    for attempt in range(STACK_ATTEMPTS):
+        # Ports the system hands out; another process may take one before a server binds it: retry.
+        ports = {name: services.free_port() for name in services.DEFAULT_PORTS}
+        try:
+            started = services.start(root, ports, password=password)
+            break
+        except BoneageError:
+            services.stop(root)
+            if attempt == STACK_ATTEMPTS - 1:
+                raise
     try:
         yield started
     finally:

@@ -12,22 +12,23 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
-import browser
 import mlflow
 import pandas as pd
 import psycopg2
 import pytest
 import requests
 import yaml
+from scipy import stats
 
-from boneage import gcs, services
+from boneage.data import gcs
+from boneage.model.ood import PARTS
+from boneage.orchestrate import services
+from tests import browser
+from tests.conftest import BIN, REPO
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 # CPU training with the same seed on the same records is close to deterministic; allow for
 # float reductions in a different order across processes.
 PARITY_MAE_MONTHS = 1.0
@@ -79,6 +80,14 @@ def project(tmp_path_factory, stack) -> tuple[Path, dict, subprocess.CompletedPr
     return work, env, first
 
 
+def _refusal_bound(metrics: dict, tail: float = 0.999) -> float:
+    """The share of test films a working check may refuse: each of its four thresholds is the top of
+    the validation films' scores, so a film like them is refused with probability about 4/(val + 1);
+    the bound is that binomial's upper tail over the test films."""
+    val, test = metrics["val"]["n"], metrics["test"]["n"]
+    return stats.binom.ppf(tail, test, min(1.0, len(PARTS) / (val + 1))) / test
+
+
 @pytest.mark.slow
 def test_dvc_repro_end_to_end_then_noop(project):
     work, env, first = project
@@ -89,14 +98,15 @@ def test_dvc_repro_end_to_end_then_noop(project):
     metrics = json.loads((work / "reports" / "metrics.json").read_text())
     assert metrics["test"]["n"] > 0 and set(metrics["test"]["by_sex"]) <= {"male", "female"}
     # The model carries its check and its interval: evaluate reports what they do on the test films.
-    assert (work / "models" / "ood.npz").is_file() and 0.0 <= metrics["test"]["ood_refused"] <= 0.2
+    assert (work / "models" / "ood.npz").is_file() and metrics["test"]["ood_refused"] <= _refusal_bound(metrics)
     assert 0.5 <= metrics["test"]["interval_coverage"] <= 1.0
     assert all("interval_coverage" in band for band in metrics["test"]["by_age_band"].values())
     assert json.loads((work / "reports" / "registry.json").read_text())["alias"] == "champion"
     # The ensemble of the two members: evaluated and registered as one more version of the same model.
     ensemble_metrics = json.loads((work / "reports" / "ensemble" / "metrics.json").read_text())
     assert ensemble_metrics["test"]["n"] == metrics["test"]["n"] and (work / "models" / "ensemble" / "ood.npz").is_file()
-    assert json.loads((work / "reports" / "ensemble" / "registry.json").read_text())["version"] == 2
+    single, ensemble = (json.loads((work / "reports" / d / "registry.json").read_text()) for d in ("", "ensemble"))
+    assert ensemble["model"] == single["model"] and ensemble["version"] > single["version"]
     records = [json.loads((work / "models" / "members" / m / "member.json").read_text()) for m in ("seed-1", "seed-2")]
     assert [r["status"] for r in records] == ["trained", "trained"] and records[0]["run_id"] != records[1]["run_id"]
     assert not (work / "mlruns" / "mlflow.db").exists(), "logged locally instead of to the server"
@@ -137,19 +147,18 @@ def test_dvc_repro_end_to_end_then_noop(project):
 
 
 @pytest.mark.slow
-def test_kfp_local_runs_the_members_in_parallel_and_matches_dvc_repro(project, stack, stack_env, tmp_path):
-    """The ensemble pipeline (ParallelFor over 2 tiny members, then ensemble, evaluate, register)
-    through kfp.local on the same data, params and seed as `dvc repro`: the same split, the same
-    ensemble metrics within a tolerance, the members' MLflow runs nested under the ensemble's, and the
-    registered version naming its members."""
+def test_kfp_local_runs_the_pipeline_and_matches_dvc_repro(project, stack, stack_env, tmp_path):
+    """The one-model pipeline (ingest, preprocess, train, evaluate, register) through kfp.local on the
+    same data, params and seed as `dvc repro`: the same split, the same metrics within a tolerance,
+    one MLflow run for the whole pipeline, in PostgreSQL and the bucket. (Its ParallelFor of members
+    runs in the container tests, `-m containers`.)"""
     work, env, _ = project
     root = tmp_path / "kfp"
-    proc = run(["boneage", "pipeline", "run-local", "--project-dir", str(REPO), "--pipeline-root", str(root)], work, env)
+    proc = run(["boneage", "pipeline", "run-local", "--pipeline-root", str(root), "--set", "ensemble.members=[]"], work, env)
     assert "local pipeline run finished" in proc.stdout
     # Each step records its own work on its artifact; the CLI splits the wall time with it.
     own_work = proc.stdout.split("steps' own work:")[1]
-    steps = ("ingest", "preprocess", "member@0", "member@1", "ensemble", "evaluate", "register")
-    assert all(f"{step} " in own_work for step in steps)
+    assert all(f"{step} " in own_work for step in ("ingest", "preprocess", "train", "evaluate", "register"))
 
     def artifact(step: str, name: str) -> Path:
         found = sorted(root.glob(f"*/{step}/{name}"))
@@ -163,46 +172,30 @@ def test_kfp_local_runs_the_members_in_parallel_and_matches_dvc_repro(project, s
     assert all((artifact("ingest", "dataset") / p).is_file() for p in kfp_manifest["path"])
     assert all(p.startswith("images/") for p in kfp_manifest["path"])
 
-    members = sorted(root.glob("*/for-loop-*/member/model/member.json"))
-    assert sorted(json.loads(m.read_text())["name"] for m in members) == ["seed-1", "seed-2"]
     kfp_metrics = json.loads((artifact("evaluate", "evaluation") / "metrics.json").read_text())
-    dvc_metrics = json.loads((work / "reports" / "ensemble" / "metrics.json").read_text())
+    dvc_metrics = json.loads((work / "reports" / "metrics.json").read_text())
     assert kfp_metrics["test"]["n"] == dvc_metrics["test"]["n"]
     for split in ("val", "test"):
         assert kfp_metrics[split]["mae"] == pytest.approx(dvc_metrics[split]["mae"], abs=PARITY_MAE_MONTHS)
 
     decision = json.loads((artifact("register", "decision") / "registry.json").read_text())
-    # dvc repro registered the single model and its ensemble (versions 1 and 2) before this one.
-    assert decision["alias"] in ("champion", "challenger") and decision["version"] == 3
-    run_id = json.loads((artifact("ensemble", "model") / "run.json").read_text())["run_id"]
     client = mlflow.MlflowClient(tracking_uri=stack.mlflow_uri)
+    # The newest version of its name, whatever other tests registered before it.
+    newest = max(int(v.version) for v in client.search_model_versions(f"name='{decision['model']}'"))
+    assert decision["alias"] in ("champion", "challenger") and decision["version"] == newest
+    run_id = json.loads((artifact("train", "model") / "run.json").read_text())["run_id"]
     logged = client.get_run(run_id).data
     assert "val_mae_months" in logged.metrics and "test_mae" in logged.metrics
     assert "test_interval_coverage" in logged.metrics and "ood_threshold_orientation" in logged.metrics
     assert logged.tags["registry.alias"] == decision["alias"]
-    assert "# Ensemble" in artifact("ensemble", "summary").read_text()
-    # Each member has its own run, a child of the ensemble's run.
-    for member in members:
-        member_run = client.get_run(json.loads(member.read_text())["run_id"]).data
-        assert member_run.tags["mlflow.parentRunId"] == run_id and "val_mae_months" in member_run.metrics
-    # The registered version says which members are in, with their runs and fingerprints.
-    version = client.get_model_version("boneage-synthetic", str(decision["version"]))
-    assert version.tags["provenance.dataset_kind"] == "synthetic"
-    assert version.tags["provenance.members_in"] == "seed-1,seed-2"
-    for member in members:
-        record = json.loads(member.read_text())
-        assert version.tags[f"provenance.members.{record['name']}.run_id"] == record["run_id"]
-        assert len(version.tags[f"provenance.members.{record['name']}.recipe_fingerprint"]) == 16
     description = logged.tags["mlflow.note.content"]
     assert description.startswith("Trained on synthetic data") and f"test MAE {kfp_metrics['test']['mae']:.2f}" in description
 
     # Both pipelines' runs live in PostgreSQL, their files in the bucket.
-    dvc_run_id = json.loads((work / "models" / "ensemble" / "run.json").read_text())["run_id"]
+    dvc_run_id = json.loads((work / "models" / "run.json").read_text())["run_id"]
     with psycopg2.connect(stack.postgres_dsn) as conn, conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM runs WHERE run_uuid IN (%s, %s)", (dvc_run_id, run_id))
         assert cur.fetchone()[0] == 2
-        cur.execute("SELECT count(*) FROM model_versions WHERE name = 'boneage-synthetic'")
-        assert cur.fetchone()[0] == 3
     names = [b.name for b in gcs.client().list_blobs(services.ARTIFACT_BUCKET)]
     for rid in (dvc_run_id, run_id):
         assert any(f"/{rid}/" in n and n.endswith("metrics.json") for n in names), f"no artifacts of {rid} in the bucket"
@@ -268,23 +261,21 @@ def test_mlflow_ui_shows_the_run_and_its_test_mae_in_chromium(project, stack, st
         runs_page = f"{base}/#/experiments/{run_info.info.experiment_id}/runs"
         run_page = f"{base}/#/experiments/{run_info.info.experiment_id}/runs/{run_id}"
         ARTIFACTS.mkdir(exist_ok=True)
-        with browser.chromium(tmp_path / "profile-runs") as page:
+        with browser.chromium(tmp_path / "profile") as page:  # one browser for the three looks
             page.goto(runs_page)
             listing = page.wait_for_text([run_info.info.run_name], UI_TIMEOUT_S)
             assert run_info.info.run_name in listing, f"the run is not listed on the runs page:\n{listing[-2000:]}"
             page.screenshot(ARTIFACTS / "mlflow-ui-runs.png")
-        # The run page lists metrics in a virtualised table: only the rows inside the window are
-        # rendered, so the window is made tall enough to hold all of them.
-        with browser.chromium(tmp_path / "profile-run", height=8000) as page:
+            # The run page lists metrics in a virtualised table: only the rows inside the window are
+            # rendered, so the window is made tall enough to hold all of them.
+            page.resize(1600, 8000)
             page.goto(run_page)
             detail = page.wait_for_text(["test_mae"], UI_TIMEOUT_S)
             shown = metric_values_shown(detail, "test_mae")
             assert any(abs(v - test_mae) < UI_VALUE_TOLERANCE for v in shown), (
                 f"the run page does not show test_mae = {test_mae:.3f} (values next to it: {shown}):\n{detail[-3000:]}"
             )
-        with browser.chromium(tmp_path / "profile-shot") as page:
-            page.goto(run_page)
-            page.wait_for_text(["test_mae"], UI_TIMEOUT_S)
+            page.resize(1600, 1200)
             page.screenshot(ARTIFACTS / "mlflow-ui-run.png")
         for name in ("mlflow-ui-runs.png", "mlflow-ui-run.png"):
             assert (ARTIFACTS / name).stat().st_size > 10_000, f"{name} is blank"
@@ -331,7 +322,7 @@ def test_kfp_pipeline_with_every_step_in_the_image(project, stack, stack_env, tm
     assert labels["io.boneage.lock-sha256"] == lock, "the image was built from another lock: make image"
 
     root = tmp_path / "docker"
-    command = ["boneage", "pipeline", "run-local", "--runner", "docker", "--project-dir", str(REPO), "--pipeline-root", str(root)]
+    command = ["boneage", "pipeline", "run-local", "--runner", "docker", "--pipeline-root", str(root)]
     proc = run([*command, *(["--set", "ensemble.members=[]"] if path == "single" else [])], work, env)
     assert "local pipeline run finished" in proc.stdout
 
@@ -346,11 +337,10 @@ def test_kfp_pipeline_with_every_step_in_the_image(project, stack, stack_env, tm
     for split in ("val", "test"):
         assert metrics[split]["mae"] == pytest.approx(dvc_metrics[split]["mae"], abs=PARITY_MAE_MONTHS), split
     run_id = json.loads((artifact("train" if path == "single" else "ensemble", "model") / "run.json").read_text())["run_id"]
-    if path == "ensemble":
-        assert len(sorted(root.glob("*/for-loop-*/member/model/member.json"))) == 2
     decision = json.loads((artifact("register", "decision") / "registry.json").read_text())
-
     client = mlflow.MlflowClient(tracking_uri=stack.mlflow_uri)
+    if path == "ensemble":
+        _members_are_children_and_named_on_the_version(root, run_id, decision, client)
     tags = client.get_run(run_id).data.tags
     # Set from the image's environment: only a step inside the image can have logged these.
     assert tags["image.lock_sha256"] == labels["io.boneage.lock-sha256"]
@@ -359,6 +349,23 @@ def test_kfp_pipeline_with_every_step_in_the_image(project, stack, stack_env, tm
     mlflow.set_tracking_uri(stack.mlflow_uri)
     model = mlflow.pyfunc.load_model(f"models:/{decision['model']}/{decision['version']}")
     assert model.metadata.metadata["boneage_provenance"]["dataset_kind"] == "synthetic"
+
+
+def _members_are_children_and_named_on_the_version(root: Path, run_id: str, decision: dict, client) -> None:
+    """The ParallelFor ran both members; each has its own run, a child of the ensemble's; the
+    registered version names the members in, with their runs and recipe fingerprints."""
+    members = sorted(root.glob("*/for-loop-*/member/model/member.json"))
+    assert sorted(json.loads(m.read_text())["name"] for m in members) == ["seed-1", "seed-2"]
+    for member in members:
+        member_run = client.get_run(json.loads(member.read_text())["run_id"]).data
+        assert member_run.tags["mlflow.parentRunId"] == run_id and "val_mae_months" in member_run.metrics
+    version = client.get_model_version(decision["model"], str(decision["version"]))
+    assert version.tags["provenance.dataset_kind"] == "synthetic"
+    assert version.tags["provenance.members_in"] == "seed-1,seed-2"
+    for member in members:
+        record = json.loads(member.read_text())
+        assert version.tags[f"provenance.members.{record['name']}.run_id"] == record["run_id"]
+        assert len(version.tags[f"provenance.members.{record['name']}.recipe_fingerprint"]) == 16
 
 
 # What the image copies from the build context: nothing else may reach it (no .services/ password

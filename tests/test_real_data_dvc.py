@@ -15,10 +15,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from boneage import services
-from tests.conftest import SHARED_DATA, require
+from boneage.orchestrate import services
+from tests.conftest import REPO, SHARED_DATA, require
 
-REPO = Path(__file__).resolve().parents[1]
 VENV = Path(sys.executable).parent.parent
 FILMS = 300
 # A few steps of a small CNN: what is under test is the path (versioning, fetching, the stages,

@@ -12,7 +12,7 @@ import typer
 
 from boneage.config import DEFAULT_PARAMS_PATH, load_params
 from boneage.contracts import CONTACT_SHEET_FILE
-from boneage.errors import BadInputError, BoneageError
+from boneage.errors import BoneageError
 
 app = typer.Typer(help="Pediatric bone age from hand radiographs.", no_args_is_help=True, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Datasets: the synthetic embedded default.", no_args_is_help=True)
@@ -28,7 +28,16 @@ ensemble_app = typer.Typer(
 )
 app.add_typer(ensemble_app, name="ensemble")
 
+# The options several commands share, declared once.
 ParamsOption = Annotated[Path, typer.Option("--params", help="params.yaml to read")]
+DataOption = Annotated[Path, typer.Option("--data", help="folder of TFRecord shards from preprocess")]
+TrainedOption = Annotated[Path, typer.Option("--model", help="folder written by train (or the ensemble step)")]
+MetricsOption = Annotated[Path, typer.Option("--metrics", help="metrics.json written by evaluate")]
+
+
+def out_option(what: str, required: bool = True):
+    """`--out` with what it writes: every command's output, under one name."""
+    return Annotated[Path if required else Path | None, typer.Option("--out", help=what)]
 
 
 def friendly_errors(func):
@@ -49,12 +58,12 @@ def friendly_errors(func):
 @app.command()
 @friendly_errors
 def ingest(
-    out: Annotated[Path, typer.Option("--out", help="folder for manifest.csv and quarantine.csv")],
+    out: out_option("folder for manifest.csv and quarantine.csv"),
     source: Annotated[str | None, typer.Option("--source", help="folder, .zip or gs:// URI; default: data.source")] = None,
     params: ParamsOption = DEFAULT_PARAMS_PATH,
 ) -> None:
     """Validate an RSNA-format dataset and split it into train/val/test."""
-    from boneage.ingest import ingest as run_ingest
+    from boneage.data.ingest import ingest as run_ingest
 
     result = run_ingest(load_params(params), out, source=source)
     counts = result.manifest["split"].value_counts().to_dict()
@@ -70,11 +79,11 @@ def ingest(
 @friendly_errors
 def preprocess(
     manifest: Annotated[Path, typer.Option("--manifest", help="manifest.csv written by ingest")],
-    out: Annotated[Path, typer.Option("--out", help="folder for TFRecord shards, manifest and contact sheet")],
+    out: out_option("folder for TFRecord shards, manifest and contact sheet"),
     params: ParamsOption = DEFAULT_PARAMS_PATH,
 ) -> None:
     """Crop, normalise and resize every image into sharded TFRecords."""
-    from boneage.preprocess import preprocess as run_preprocess
+    from boneage.data.preprocess import preprocess as run_preprocess
 
     rows = run_preprocess(load_params(params), manifest, out)
     typer.echo(f"preprocessed {len(rows)} images -> {out} (contact sheet: {out / CONTACT_SHEET_FILE})")
@@ -83,12 +92,12 @@ def preprocess(
 @app.command()
 @friendly_errors
 def train(
-    data: Annotated[Path, typer.Option("--data", help="folder of TFRecord shards from preprocess")],
-    out: Annotated[Path, typer.Option("--out", help="folder for the model, run.json and checkpoints")],
+    data: DataOption,
+    out: out_option("folder for the model, run.json and checkpoints"),
     params: ParamsOption = DEFAULT_PARAMS_PATH,
 ) -> None:
     """Train the bone-age model (resumes from the last checkpoint after an interruption)."""
-    from boneage.train import train as run_train
+    from boneage.training.train import train as run_train
 
     result = run_train(load_params(params), data, out)
     typer.echo(
@@ -101,13 +110,13 @@ def train(
 @friendly_errors
 def ensemble_member(
     name: Annotated[str, typer.Option("--name", help="the member's name in ensemble.members")],
-    data: Annotated[Path, typer.Option("--data", help="folder of TFRecord shards from preprocess")],
-    out: Annotated[Path, typer.Option("--out", help="the member's folder (model, run.json, member.json)")],
+    data: DataOption,
+    out: out_option("the member's folder (model, run.json, member.json)"),
     params: ParamsOption = DEFAULT_PARAMS_PATH,
 ) -> None:
     """Train one ensemble member. A failure is recorded in its member.json and leaves exit code 0:
     the ensemble step decides whether enough members finished."""
-    from boneage.ensemble import train_member
+    from boneage.training.ensemble import train_member
 
     record = train_member(load_params(params), name, data, out)
     if record["status"] == "trained":
@@ -120,12 +129,12 @@ def ensemble_member(
 @friendly_errors
 def ensemble_build(
     members: Annotated[Path, typer.Option("--members", help="folder holding one folder per member")],
-    data: Annotated[Path, typer.Option("--data", help="folder of TFRecord shards from preprocess")],
-    out: Annotated[Path, typer.Option("--out", help="folder for the ensemble (the same files as train's)")],
+    data: DataOption,
+    out: out_option("folder for the ensemble (the same files as train's)"),
     params: ParamsOption = DEFAULT_PARAMS_PATH,
 ) -> None:
     """Combine the members that finished into one model, calibrated on validation films."""
-    from boneage.ensemble import build
+    from boneage.training.ensemble import build
 
     loaded = load_params(params)
     result = build(loaded, [members / m.name for m in loaded.ensemble.members], data, out)
@@ -138,15 +147,15 @@ def ensemble_build(
 @app.command()
 @friendly_errors
 def evaluate(
-    data: Annotated[Path, typer.Option("--data", help="folder of TFRecord shards from preprocess")],
-    model: Annotated[Path, typer.Option("--model", help="folder written by train")],
-    out: Annotated[Path, typer.Option("--out", help="folder for metrics.json, predictions and plots")],
+    data: DataOption,
+    model: TrainedOption,
+    out: out_option("folder for metrics.json, predictions and plots"),
     params: ParamsOption = DEFAULT_PARAMS_PATH,
     mlflow_log: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="log to the training run")] = True,
 ) -> None:
     """MAE, RMSE, median AE, within 6/12 months and bias, overall, by sex and by age band."""
-    from boneage.evaluate import evaluate as run_evaluate
-    from boneage.report import metrics_table
+    from boneage.training.evaluate import evaluate as run_evaluate
+    from boneage.training.report import metrics_table
 
     metrics = run_evaluate(load_params(params), data, model, out, log_to_mlflow=mlflow_log)
     typer.echo(metrics_table(metrics))
@@ -155,45 +164,36 @@ def evaluate(
 @app.command()
 @friendly_errors
 def register(
-    model: Annotated[Path, typer.Option("--model", help="folder written by train (run.json)")],
-    metrics: Annotated[Path, typer.Option("--metrics", help="metrics.json written by evaluate")],
-    out: Annotated[Path, typer.Option("--out", help="where to write the registry decision (JSON)")],
+    model: TrainedOption,
+    metrics: MetricsOption,
+    out: out_option("where to write the registry decision (JSON)"),
     params: ParamsOption = DEFAULT_PARAMS_PATH,
 ) -> None:
     """Register the model; alias it `champion` only if it beats the current champion."""
-    from boneage.register import register as run_register
+    from boneage.training.register import register as run_register
+    from boneage.training.report import registry_line
 
-    decision = run_register(load_params(params), model, metrics, out)
-    typer.echo(f"registered {decision['model']} version {decision['version']} as {decision['alias']}: {decision['reason']}")
+    typer.echo(registry_line(run_register(load_params(params), model, metrics, out)))
 
 
 @app.command()
 @friendly_errors
 def report(
-    metrics: Annotated[Path, typer.Option("--metrics", help="metrics.json written by evaluate")] = Path("reports/metrics.json"),
+    metrics: Annotated[Path | None, typer.Option("--metrics", help="metrics.json written by evaluate")] = None,
+    registry: Annotated[Path | None, typer.Option("--registry", help="registry.json written by register")] = None,
 ) -> None:
-    """Print the metrics table next to the predict-the-mean baseline and the noise floor."""
-    import json
+    """Print the metrics table next to the predict-the-mean baseline and the noise floor, and/or the
+    registry's decision (default: reports/metrics.json)."""
+    from boneage.training.report import read_report, registry_line
 
-    from boneage.report import metrics_table
+    if metrics is None and registry is None:
+        metrics = Path("reports/metrics.json")
+    if metrics is not None:
+        from boneage.training.report import metrics_table
 
-    if not metrics.is_file():
-        raise BoneageError(f"{metrics}: not found (run the pipeline first: make demo)")
-    typer.echo(metrics_table(json.loads(metrics.read_text())))
-
-
-def _prediction_line(r) -> str:
-    if r.rejected:
-        return f"{r.source}: REJECTED: {r.rejected}"
-    lo, hi = r.interval_months
-    line = f"{r.source}: {r.bone_age_months:.1f} months ({r.bone_age}), {r.interval_level:.0%} interval {lo:.1f}-{hi:.1f}"
-    if r.assessment:
-        a = r.assessment
-        sds = f", SDS {a['sds']:+.2f}" if a["sds"] is not None else ""
-        line += f"; CA {a['chronological_age_months']:.1f}, BA-CA {a['difference_months']:+.1f}{sds}: {a['call']}"
-    if r.warning:
-        line = f"{line}\n  WARNING: {r.warning}"
-    return line
+        typer.echo(metrics_table(read_report(metrics)))
+    if registry is not None:
+        typer.echo(registry_line(read_report(registry)))
 
 
 @app.command()
@@ -217,7 +217,7 @@ def predict(
         str, typer.Option("--model", help="training output folder or MLflow model URI")
     ] = "models:/boneage@champion",
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
-    out: Annotated[Path | None, typer.Option("--out", help="with --table: write the scored worklist to this CSV")] = None,
+    out: out_option("with --table: write the scored worklist to this CSV", required=False) = None,
     report: Annotated[Path | None, typer.Option("--report", help="write an HTML + PNG report per image here")] = None,
     params: ParamsOption = DEFAULT_PARAMS_PATH,
 ) -> None:
@@ -226,68 +226,26 @@ def predict(
     Exits 1 if any image was rejected (each rejection says why)."""
     import json
 
-    from boneage.contracts import parse_optional_age, parse_sex
-    from boneage.predict import Predictor, predict_files, predict_worklist, read_worklist
+    from boneage.serve.command import PredictRequest, run_predict
 
-    if bool(images) == (table is not None):
-        raise BoneageError("give either images or --table WORKLIST.csv (not both)")
-    if table is not None and (sex is not None or chronological_age is not None):
-        raise BoneageError("with --table, sex and chronological age come from the worklist's columns")
-    if out is not None and table is None:
-        raise BoneageError("--out writes a scored worklist: use it with --table")
-    try:  # a bad option is the caller's mistake for every image: refuse before loading anything
-        if sex is not None:
-            parse_sex(sex)
-        parse_optional_age(chronological_age, "chronological age")
-    except BadInputError as exc:
-        raise BoneageError(exc.reason) from None
-    worklist = read_worklist(table) if table is not None else None
-    missing = [str(p) for p in images or [] if not p.exists()]
-    if missing:
-        raise BoneageError(f"not found: {', '.join(missing)}")
-    if model.startswith(("models:/", "runs:/")):
-        from boneage import tracking
-
-        tracking.connect(load_params(params))
-    predictor = Predictor.load(model)
-    if worklist is not None:
-        results = predict_worklist(predictor, worklist)
-    else:
-        results = predict_files(predictor, list(images), sex, chronological_age)
-    if report is not None:
-        from boneage.clinical_report import write_report
-
-        for result in results:
-            if not result.rejected:
-                result_page = write_report(predictor, result, report)
-                typer.echo(f"report: {result_page}", err=True)
-    if out is not None:
-        from boneage.contracts import write_csv_atomic
-        from boneage.predict import worklist_table
-
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_csv_atomic(worklist_table(worklist, results), out)
-        typer.echo(f"scored worklist: {out}", err=True)
-    if as_json:
-        records = [r.as_dict() for r in results]
-        if worklist is not None:
-            for record, row in zip(records, worklist, strict=True):
-                record.update(id=row.id, csv_line=row.csv_line)
-        typer.echo(json.dumps(records, indent=2))
-    else:
-        for r in results:
-            typer.echo(_prediction_line(r))
-    rejected = sum(1 for r in results if r.rejected)
-    if worklist is not None:
-        typer.echo(f"{len(results) - rejected} scored, {rejected} rejected of {len(results)} rows", err=True)
-    if rejected:
+    request = PredictRequest(list(images or []), table, sex, chronological_age, model, out, report)
+    outcome = run_predict(request, load_params(params))
+    for page in outcome.reports:
+        typer.echo(f"report: {page}", err=True)
+    if outcome.scored_worklist is not None:
+        typer.echo(f"scored worklist: {outcome.scored_worklist}", err=True)
+    typer.echo(json.dumps(outcome.records(), indent=2) if as_json else "\n".join(outcome.lines()))
+    if outcome.worklist is not None:
+        n = len(outcome.results)
+        typer.echo(f"{n - outcome.rejected} scored, {outcome.rejected} rejected of {n} rows", err=True)
+    if outcome.rejected:
         raise typer.Exit(code=1)
 
 
 @data_app.command("synth")
 @friendly_errors
 def data_synth(
-    out: Annotated[Path | None, typer.Option("--out", help="folder for the Kaggle layout; default: data.synthetic_dir")] = None,
+    out: out_option("folder for the Kaggle layout; default: data.synthetic_dir", required=False) = None,
     count: Annotated[int | None, typer.Option("--count", min=1, help="default: data.synthetic.count")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="default: seed")] = None,
     size: Annotated[
@@ -303,7 +261,7 @@ def data_synth(
 ) -> None:
     """Write synthetic RSNA-format radiographs whose anatomy follows bone age (settings from
     params.yaml's data.synthetic; an option overrides one)."""
-    from boneage.synth import write_dataset
+    from boneage.data.synth import write_dataset
 
     cfg = load_params(params)
     synthetic = cfg.data.synthetic
@@ -335,7 +293,6 @@ def _overrides(items: list[str] | None) -> dict:
     return out
 
 
-ProjectOption = Annotated[Path, typer.Option("--project-dir", help="folder holding pipeline/ and components/")]
 PackageOption = Annotated[Path, typer.Option("--package", help="compiled pipeline YAML")]
 
 
@@ -369,15 +326,14 @@ ExperimentArg = Annotated[str | None, typer.Option("--experiment", help="MLflow 
 @pipeline_app.command("compile")
 @friendly_errors
 def pipeline_compile(
-    out: Annotated[Path, typer.Option("--out", help="where to write the pipeline YAML")] = Path("pipeline/boneage-pipeline.yaml"),
+    out: out_option("where to write the pipeline YAML") = Path("build/boneage-pipeline.yaml"),
     params: ParamsOption = DEFAULT_PARAMS_PATH,
-    project_dir: ProjectOption = Path("."),
     set_: SetOption = None,
 ) -> None:
     """Compile the pipeline (defaults from params.yaml) to a YAML package for a KFP cluster."""
-    from boneage.kfp_runner import compile_pipeline
+    from boneage.orchestrate.kfp_runner import compile_pipeline
 
-    path = compile_pipeline(load_params(params, _overrides(set_)), out, project_dir)
+    path = compile_pipeline(load_params(params, _overrides(set_)), out)
     typer.echo(f"compiled pipeline -> {path}")
 
 
@@ -385,7 +341,6 @@ def pipeline_compile(
 @friendly_errors
 def pipeline_run_local(
     params: ParamsOption = DEFAULT_PARAMS_PATH,
-    project_dir: ProjectOption = Path("."),
     pipeline_root: Annotated[Path, typer.Option("--pipeline-root", help="where kfp.local writes the artifacts")] = Path(
         "local_outputs"
     ),
@@ -407,11 +362,11 @@ def pipeline_run_local(
 ) -> None:
     """Run the whole pipeline here with kfp.local, on CPU: each step in this environment, or with
     --runner docker in its own container of the project's image."""
-    from boneage.kfp_runner import run_local
+    from boneage.orchestrate.kfp_runner import run_local
 
     args = _pipeline_arguments(source, data_version, image_size, epochs, backbone, None, None, mlflow_uri, experiment)
     result = run_local(
-        load_params(params, _overrides(set_)), args, pipeline_root, project_dir, enable_caching=cache, runner=runner, image=image
+        load_params(params, _overrides(set_)), args, pipeline_root, enable_caching=cache, runner=runner, image=image
     )
     typer.echo(f"local pipeline run finished in {result.wall_seconds:.0f} s; artifacts under {result.pipeline_root}")
     if result.step_seconds:
@@ -439,7 +394,7 @@ def pipeline_submit(
     experiment: ExperimentArg = None,
 ) -> None:
     """Upload the compiled pipeline as a new version and start a run; prints the run's URL."""
-    from boneage.kfp_runner import submit
+    from boneage.orchestrate.kfp_runner import submit
 
     args = _pipeline_arguments(source, data_version, image_size, epochs, backbone, gpu_count, gpu_type, mlflow_uri, experiment)
     result = submit(
@@ -460,7 +415,7 @@ def services_up(
     mlflow_port: Annotated[int, typer.Option("--mlflow-port")] = 5001,
 ) -> None:
     """Start PostgreSQL, the GCS emulator and an MLflow server (basic auth) on 127.0.0.1."""
-    from boneage import services
+    from boneage.orchestrate import services
 
     stack = services.start(root, {"postgres": postgres_port, "gcs": gcs_port, "mlflow": mlflow_port})
     typer.echo(
@@ -475,7 +430,7 @@ def services_up(
 @friendly_errors
 def services_env(root: ServicesRoot = Path(".services")) -> None:
     """Print the `export` lines that point boneage, DVC and MLflow at the running services."""
-    from boneage import services
+    from boneage.orchestrate import services
 
     stack = services.load(root)
     if stack is None:
@@ -487,7 +442,7 @@ def services_env(root: ServicesRoot = Path(".services")) -> None:
 @friendly_errors
 def services_down(root: ServicesRoot = Path(".services")) -> None:
     """Stop the services started by `boneage services up` (their data stays in --root)."""
-    from boneage import services
+    from boneage.orchestrate import services
 
     typer.echo("stopped" if services.stop(root) else f"nothing running under {root}")
 

@@ -38,7 +38,7 @@ class SplitConfig(_Strict):
 
 
 class SyntheticConfig(_Strict):
-    """The embedded default dataset (see ``boneage.synth``)."""
+    """The embedded default dataset (see ``boneage.data.synth``)."""
 
     count: Annotated[int, Field(ge=1)] = 800
     image_size: Annotated[int, Field(ge=64, le=4096)] = 384
@@ -78,7 +78,7 @@ class DataConfig(_Strict):
 
 class PreprocessConfig(_Strict):
     image_size: Annotated[int, Field(ge=75, le=1024)] = 299  # 75 px is InceptionV3's minimum
-    # "locator": the learned hand locator (boneage.handlocator) finds the hand and the crop takes it.
+    # "locator": the learned hand locator (boneage.data.handlocator) finds the hand and the crop takes it.
     # "hand": the rules on thresholds find it. "none": the seed recipe's whole-image squash.
     # "hand-v1": the first rules, kept only to measure what the later crops buy.
     crop: Literal["locator", "hand", "hand-v1", "none"] = "locator"
@@ -136,7 +136,7 @@ class AugmentConfig(_Strict):
 
 
 class OodConfig(_Strict):
-    """The out-of-distribution check each model carries (boneage.ood), fitted after training."""
+    """The out-of-distribution check each model carries (boneage.model.ood), fitted after training."""
 
     enabled: bool = True
     # Refuse inputs farther from the training films than this quantile of the validation films'
@@ -203,7 +203,7 @@ class TrainConfig(_Strict):
     # films at 96 px) and shuffle all of them each pass, instead of decoding PNGs every epoch
     # through a shuffle buffer.
     cache_images: bool = True
-    # The arithmetic of training (boneage.precision). "auto": mixed float16 on a GPU, bfloat16
+    # The arithmetic of training (boneage.training.precision). "auto": mixed float16 on a GPU, bfloat16
     # matrix products on a CPU that does bfloat16 natively (AVX512-BF16, AMX), else float32.
     # "on": the same, but an error where only float32 is fast. "off": float32. Restored after training.
     mixed_precision: Literal["auto", "on", "off"] = "auto"
@@ -252,7 +252,7 @@ class TtaConfig(_Strict):
 
 
 class EnsembleConfig(_Strict):
-    """Several models trained from the recipe and combined into one (boneage.ensemble)."""
+    """Several models trained from the recipe and combined into one (boneage.training.ensemble)."""
 
     members: tuple[EnsembleMember, ...] = ()
     # "mean": the members' plain average. "weighted": non-negative weights summing to 1, fitted by

@@ -31,7 +31,7 @@ MODEL_FILE = "model.keras"
 PREDICTOR_FILE = "predictor.json"
 HISTORY_FILE = "history.csv"
 TARGET_FILE = "target.json"
-# the out-of-distribution check fitted on the training films (boneage.ood)
+# the out-of-distribution check fitted on the training films (boneage.model.ood)
 OOD_FILE = "ood.npz"
 RUN_FILE = "run.json"
 CHECKPOINT_DIR = "checkpoint"
@@ -48,6 +48,9 @@ ERROR_BY_BAND_FILE = "error_by_band.csv"
 REGISTRY_FILE = "registry.json"
 # synth: the true (noise-free) ages; its presence marks a folder as the synthetic dataset
 SYNTHETIC_TRUTH_FILE = "synthetic-truth.csv"
+
+# --- What every output says the tool is for -----------------------------------------------------
+INTENDED_USE_NOTICE = "Research and teaching only: boneage is not a medical device and gives no diagnosis."
 
 # --- Manifest schema ---------------------------------------------------------------------------
 # Every manifest carries the labels and the split; ingest's points at the source image, and

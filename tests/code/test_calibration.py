@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from boneage.predict import calibrate
+from boneage.model.calibration import calibrate
 
 LEVEL = 0.9
 CALIBRATION_FILMS = 10  # small, where reusing the residuals shows most
@@ -45,7 +45,7 @@ def test_the_offset_is_the_median_of_all_residuals():
 
 
 def test_a_grad_cam_with_nothing_in_it_is_named_as_such():
-    from boneage.clinical_report import cam_degenerate
+    from boneage.serve.clinical_report import cam_degenerate
 
     rng = np.random.default_rng(0)
     shows_a_region = np.zeros((32, 32), np.float32)
@@ -65,8 +65,8 @@ def _heteroscedastic(rng, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 def test_band_conditional_widths_keep_coverage_within_each_band_where_one_width_does_not():
     from boneage.config import TrainConfig
-    from boneage.predict import calibrate_interval
-    from boneage.predictor_config import PredictorConfig
+    from boneage.model.calibration import calibrate_interval
+    from boneage.model.predictor_config import PredictorConfig
 
     rng = np.random.default_rng(1)
     bands_years = (0, 2, 6, 10, 14, 19)
@@ -90,7 +90,7 @@ def test_band_conditional_widths_keep_coverage_within_each_band_where_one_width_
 
 
 def test_a_band_with_too_few_calibration_films_takes_the_pooled_width():
-    from boneage.predict import band_halfwidths
+    from boneage.model.calibration import band_halfwidths
 
     predicted = np.array([30.0] * 150 + [200.0] * 5)
     scores = np.concatenate([np.linspace(-10, 10, 150), [90.0] * 5])

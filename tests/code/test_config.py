@@ -1,11 +1,8 @@
-from pathlib import Path
-
 import pytest
 
 from boneage.config import Params, load_params
 from boneage.errors import BoneageError
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import REPO
 
 
 def test_repo_params_yaml_loads():

@@ -7,11 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from boneage import handlocator
 from boneage.config import PreprocessConfig
+from boneage.data import handlocator
+from boneage.data.handcrop import locate_hand_learned
+from boneage.data.imaging import DIHEDRAL_VIEWS, dihedral, undo_dihedral
 from boneage.errors import BadInputError, BoneageError
-from boneage.handcrop import locate_hand_learned
-from boneage.imaging import DIHEDRAL_VIEWS, dihedral, undo_dihedral
 
 
 @pytest.fixture(scope="module")
@@ -73,3 +73,12 @@ def test_the_packaged_locator_box_lies_inside_the_film():
     film = np.random.default_rng(3).integers(0, 256, (250, 180), dtype=np.uint8)
     box = locate_hand_learned(film, PreprocessConfig(crop="locator", crop_margin=0.5))
     assert 0 <= box.x0 < box.x1 <= 180 and 0 <= box.y0 < box.y1 <= 250
+
+
+def test_each_view_is_described_and_upright_is_not():
+    from boneage.data.imaging import describe_view
+
+    assert describe_view(0) is None
+    assert describe_view(2) == "turned 180°"
+    assert describe_view(5) == "mirrored (a right hand, or the film flipped) and turned 90° counter-clockwise"
+    assert len({describe_view(v) for v in range(DIHEDRAL_VIEWS)}) == DIHEDRAL_VIEWS

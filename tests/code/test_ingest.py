@@ -2,43 +2,19 @@
 
 from __future__ import annotations
 
-import struct
 import zipfile
-import zlib
 
-import cv2
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from boneage.cli import app
 from boneage.contracts import parse_sex
+from boneage.data.ingest import assign_split, ingest
 from boneage.errors import BoneageError
-from boneage.ingest import assign_split, ingest
-from tests.conftest import write_kaggle_dataset
+from tests.conftest import bomb_png, good_png, write_kaggle_dataset
 
 GOOD = [("1", "12", "True"), ("2", "120", "False"), ("3", "200.5", "true")]
-
-
-def good_png() -> bytes:
-    img = np.zeros((64, 48), np.uint8)
-    img[10:60, 10:38] = 180
-    return cv2.imencode(".png", img)[1].tobytes()
-
-
-def png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def bomb_png(width=100_000, height=100_000) -> bytes:
-    """A valid PNG header announcing 10 gigapixels in a few hundred bytes."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + png_chunk(b"IHDR", ihdr)
-        + png_chunk(b"IDAT", zlib.compress(b"\0" * 1000))
-        + png_chunk(b"IEND", b"")
-    )
 
 
 def run(tmp_path, rows, images=None, params=None):

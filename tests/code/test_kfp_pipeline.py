@@ -8,7 +8,6 @@ import http.server
 import inspect
 import re
 import subprocess
-import sys
 import textwrap
 import threading
 from pathlib import Path
@@ -19,12 +18,11 @@ from typer.testing import CliRunner
 
 from boneage.cli import app
 from boneage.config import Params, load_params
-from boneage.services import free_port
+from boneage.orchestrate.services import free_port
+from tests.conftest import BIN, REPO
 
-REPO = Path(__file__).resolve().parents[2]
 # A component loads its params, calls its kfp_steps function and writes the outputs.
 MAX_COMPONENT_STATEMENTS = 8
-BIN = Path(sys.executable).parent
 STEPS = ["ingest", "preprocess", "train", "evaluate", "register"]
 # The one-model pipeline; params.yaml's own (with ensemble members) compiles the ensemble pipeline.
 SINGLE = "ensemble.members=[]"
@@ -32,7 +30,7 @@ SINGLE = "ensemble.members=[]"
 
 def compile_spec(tmp_path: Path, *overrides: str) -> tuple[dict, dict]:
     out = tmp_path / "pipeline.yaml"
-    args = ["pipeline", "compile", "--out", str(out), "--params", str(REPO / "params.yaml"), "--project-dir", str(REPO)]
+    args = ["pipeline", "compile", "--out", str(out), "--params", str(REPO / "params.yaml")]
     for item in overrides:
         args += ["--set", item]
     result = CliRunner().invoke(app, args)
@@ -208,13 +206,12 @@ def test_secrets_for_mlflow_and_gcs(compiled):
 
 
 def test_components_are_thin_wrappers_over_kfp_steps():
-    sys.path.insert(0, str(REPO))
-    import components
+    from boneage.orchestrate import components
 
     for step in components.STEPS:
         source = inspect.getsource(step)
         imports = re.findall(r"^\s+(?:from|import) (\S+)", source, re.M)
-        assert imports == ["boneage"], f"{step.__name__} imports {imports}; components call boneage.kfp_steps only"
+        assert imports == ["boneage.orchestrate"], f"{step.__name__} imports {imports}; components call kfp_steps only"
         assert f"kfp_steps.{step.__name__}(" in source
         # Statements, not lines (the formatter may spread one call over many): load the params,
         # call the step, write its outputs. No branches of its own.

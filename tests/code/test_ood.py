@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from boneage.config import OodConfig
+from boneage.data.imaging import DIHEDRAL_VIEWS
 from boneage.errors import BoneageError
-from boneage.imaging import DIHEDRAL_VIEWS
-from boneage.ood import FitData, Gaussian, OodCheck, fit, image_signature, in_view, texture_signature
+from boneage.model.ood import FitData, Gaussian, OodCheck, fit, image_signature, in_view, texture_signature
 
 FEATURES = 200  # more than a covariance of 400 films can estimate without shrinkage
 SIDE = 32

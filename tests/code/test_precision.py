@@ -7,8 +7,8 @@ import keras
 import pytest
 import tensorflow as tf
 
-from boneage import precision
 from boneage.errors import BoneageError
+from boneage.training import precision
 
 
 @pytest.mark.parametrize(

@@ -12,46 +12,10 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from boneage.config import Params, PreprocessConfig
+from boneage.data.handcrop import Box, locate_hand, normalise_contrast, prepare, uint8_percentile
+from boneage.data.imaging import read_radiograph
 from boneage.errors import BadInputError
-from boneage.handcrop import Box, locate_hand, normalise_contrast, prepare, uint8_percentile
-from boneage.imaging import read_radiograph
-from tests.conftest import FIXTURES, RSNA_SAMPLE, require
-
-
-def hand_like(h=400, w=300, dtype=np.uint8) -> np.ndarray:
-    """A dark film, a bright palm with fingers, a film-edge frame and an 'L' marker."""
-    peak = np.iinfo(dtype).max
-    img = np.full((h, w), peak // 20, dtype)
-    img[int(h * 0.45) : h, int(w * 0.25) : int(w * 0.75)] = peak * 6 // 10  # palm and forearm
-    for k in range(4):
-        x = int(w * (0.27 + 0.12 * k))
-        img[int(h * 0.15) : int(h * 0.5), x : x + int(w * 0.08)] = peak * 6 // 10  # fingers
-    img[:6, :] = img[-6:, :] = peak  # film border
-    img[:, :6] = img[:, -6:] = peak
-    img[30:70, w - 50 : w - 42] = peak  # the 'L' marker, away from the hand
-    img[62:70, w - 50 : w - 25] = peak
-    return img
-
-
-def dicom_file(path, pixels: np.ndarray, photometric: str, with_pixels=True):
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.PatientSex, ds.PatientAge = "F", "010Y"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    if with_pixels:
-        ds.PixelData = pixels.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
+from tests.conftest import FIXTURES, RSNA_SAMPLE, dicom_file, hand_like, require
 
 
 @pytest.mark.parametrize("kind", ["png8", "png16", "rgb", "rgba", "jpeg"])
@@ -155,9 +119,9 @@ def test_crop_keeps_the_whole_hand_on_real_radiographs():
 def test_preprocess_real_samples_to_tfrecords_round_trip(tmp_path):
     import tensorflow as tf
 
-    from boneage.ingest import ingest
-    from boneage.preprocess import preprocess
-    from boneage.tfrecords import parse_example, shard_paths
+    from boneage.data.ingest import ingest
+    from boneage.data.preprocess import preprocess
+    from boneage.data.tfrecords import parse_example, shard_paths
 
     params = Params(preprocess=PreprocessConfig(image_size=96, workers=2))
     result = ingest(params, tmp_path / "ingest", source=str(require(RSNA_SAMPLE)))

@@ -7,8 +7,8 @@ import zipfile
 
 import pytest
 
+from boneage.data.sources import extract_zip, materialise
 from boneage.errors import BoneageError
-from boneage.sources import extract_zip, materialise
 
 
 def test_zip_slip_is_refused(tmp_path):

@@ -9,8 +9,8 @@ import pytest
 
 from boneage.contracts import parse_optional_age, parse_sex
 from boneage.errors import BadInputError
-from boneage.predict import years_and_months
-from boneage.standards import assess, table
+from boneage.serve.predict import years_and_months
+from boneage.serve.standards import assess, table
 from tests.conftest import SHARED_DATA, require
 
 

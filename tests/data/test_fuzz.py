@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from boneage.config import Params
 from boneage.errors import BadInputError, BoneageError
-from boneage.imaging import read_radiograph_bytes
-from boneage.ingest import ingest
+from boneage.data.imaging import read_radiograph_bytes
+from boneage.data.ingest import ingest
 from tests.conftest import write_kaggle_dataset
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from boneage.config import Params
-from boneage.ingest import ingest
+from boneage.data.ingest import ingest
 from tests.conftest import write_kaggle_dataset
 
 

@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from boneage.contracts import noise_floor_mae
-from boneage.synth import CARPALS, draw_labels, draw_nuisance, maturity_years, render_with, write_dataset
+from boneage.data.synth import CARPALS, draw_labels, draw_nuisance, maturity_years, render_with, write_dataset
 from tests.conftest import RSNA_LABELS, require
 
 

@@ -1,4 +1,4 @@
-"""Ensembles (boneage.ensemble): members trained from the recipe with their own seeds and sizes, a
+"""Ensembles (boneage.training.ensemble): members trained from the recipe with their own seeds and sizes, a
 member that fails recorded and left out, the minimum enforced, the combination exactly the weighted
 members with their own corrections taken out, fixed test-time views, and a model that every
 scoring path (evaluate, predict, the registry) takes as it takes one model."""
@@ -15,6 +15,9 @@ import pytest
 from boneage.config import Params
 from boneage.contracts import MEMBER_FILE, TARGET_FILE
 from boneage.errors import BoneageError
+
+# Slow: every test here trains members or reads them.
+pytestmark = pytest.mark.slow
 
 MEMBERS = [
     {"name": "small", "seed": 1},
@@ -52,10 +55,10 @@ def tiny_params(tmp: Path, **ensemble) -> Params:
 
 @pytest.fixture(scope="module")
 def members(tmp_path_factory) -> SimpleNamespace:
-    from boneage.ensemble import train_member
-    from boneage.ingest import ingest
-    from boneage.preprocess import preprocess
-    from boneage.synth import write_dataset
+    from boneage.data.ingest import ingest
+    from boneage.data.preprocess import preprocess
+    from boneage.data.synth import write_dataset
+    from boneage.training.ensemble import train_member
 
     tmp = tmp_path_factory.mktemp("ensemble")
     write_dataset(tmp / "synth", count=200, seed=11, size=160, workers=1)
@@ -69,7 +72,7 @@ def members(tmp_path_factory) -> SimpleNamespace:
 
 @pytest.fixture(scope="module")
 def built(members) -> SimpleNamespace:
-    from boneage.ensemble import build
+    from boneage.training.ensemble import build
 
     result = build(members.params, members.dirs, members.data, members.tmp / "ensemble")
     return SimpleNamespace(result=result, folder=members.tmp / "ensemble")
@@ -96,7 +99,7 @@ def test_the_ensemble_leaves_out_the_failed_member_and_records_which_are_in(buil
 
 
 def test_fewer_finished_members_than_the_minimum_fail_naming_each_reason(members, tmp_path):
-    from boneage.ensemble import build
+    from boneage.training.ensemble import build
 
     strict = members.params.model_copy(update={"ensemble": members.params.ensemble.model_copy(update={"min_members": 3})})
     with pytest.raises(BoneageError, match=r"only 2 of 3 .*min_members \(3\): broken: .*pretrained weights"):
@@ -107,8 +110,8 @@ def test_fewer_finished_members_than_the_minimum_fail_naming_each_reason(members
 
 
 def test_the_ensemble_is_exactly_the_weighted_members_without_their_own_corrections_plus_its_own(members, built):
-    from boneage.dataset import make_dataset
-    from boneage.model import load_predict_model
+    from boneage.model.network import load_predict_model
+    from boneage.training.dataset import make_dataset
 
     ensemble = load_predict_model(built.folder / "model.keras")
     inputs, _ = next(iter(make_dataset(members.data, "test", 75, 16)))
@@ -122,27 +125,67 @@ def test_the_ensemble_is_exactly_the_weighted_members_without_their_own_correcti
 
 
 def test_every_scoring_path_takes_the_ensemble_as_one_model(members, built):
-    from boneage.evaluate import evaluate
-    from boneage.predict import Predictor
+    """evaluate (from the TFRecords), the Predictor and the registered pyfunc (from the film's file)
+    give a test film the same months."""
+    import base64
+
+    import mlflow
+    import pandas as pd
+
+    from boneage.serve.predict import Predictor, predict_files
+    from boneage.training.evaluate import evaluate
 
     predictor = Predictor.load(str(built.folder))
     assert predictor.ood is not None  # one check for the ensemble, fitted on its training films
-    metrics = evaluate(members.params, members.data, built.folder, members.tmp / "reports", log_to_mlflow=False)
-    assert metrics["test"]["n"] > 0 and 0.0 <= metrics["test"]["interval_coverage"] <= 1.0
+    evaluate(members.params, members.data, built.folder, members.tmp / "reports", log_to_mlflow=False)
+    evaluated = pd.read_csv(members.tmp / "reports" / "predictions.csv", dtype={"id": str}).query("split == 'test'")
+    film = evaluated.iloc[0]
+    path = members.tmp / "synth" / "boneage-training-dataset" / f"{film['id']}.png"
+    sex = "M" if str(film["male"]).lower() == "true" else "F"
+    by_predictor = predict_files(predictor, [path], sex=sex)[0]
+    mlflow.set_tracking_uri(members.params.mlflow.tracking_uri)
+    model_uri = json.loads((built.folder / "run.json").read_text())["model_uri"]
+    by_pyfunc = mlflow.pyfunc.load_model(model_uri).predict(
+        pd.DataFrame([{"image": base64.b64encode(path.read_bytes()).decode(), "sex": sex}])
+    )
+    assert by_predictor.bone_age_months == pytest.approx(film["predicted"], abs=0.01)
+    assert by_pyfunc["bone_age_months"].iloc[0] == pytest.approx(film["predicted"], abs=0.01)
 
 
 def test_grad_cam_of_an_ensemble_is_the_mean_of_its_members_maps(members, built):
-    from boneage.clinical_report import grad_cam
-    from boneage.dataset import make_dataset
-    from boneage.predict import Predictor
+    from boneage.serve.clinical_report import grad_cam
+    from boneage.serve.predict import Predictor
+    from boneage.training.dataset import make_dataset
 
     predictor = Predictor.load(str(built.folder))
     inputs, _ = next(iter(make_dataset(members.data, "test", 75, 1)))
     image = inputs["image"].numpy()[0, :, :, 0]
     cam = grad_cam(predictor, image, male=True)
     assert cam.shape == image.shape and np.isfinite(cam).all() and cam.max() == pytest.approx(1.0)
-    members_only = [layer.name for layer in predictor.model.layers if layer.name.startswith("member_")]
-    assert members_only == ["member_small", "member_resized"]
+    # Each member's own map, from its own saved model; their mean, scaled to 0..1, is the ensemble's.
+    maps = [grad_cam(Predictor.load(str(members.tmp / "members" / name)), image, male=True) for name in built.result.members]
+    mean = np.mean(maps, axis=0)
+    np.testing.assert_allclose(cam, mean / mean.max(), atol=0.05)
+    assert np.abs(maps[0] - maps[1]).max() > 0.1, "the members' maps differ, so the test can tell a mean from one of them"
+
+
+def test_a_weighted_ensemble_fits_weights_that_reproduce_its_output(members, tmp_path):
+    from boneage.model.network import load_predict_model
+    from boneage.training.dataset import make_dataset
+    from boneage.training.ensemble import build
+
+    weighted = members.params.model_copy(update={"ensemble": members.params.ensemble.model_copy(update={"combine": "weighted"})})
+    result = build(weighted, members.dirs, members.data, tmp_path / "weighted")
+    weights = np.asarray(result.weights)
+    assert (weights >= 0).all() and weights.sum() == pytest.approx(1.0)
+    ensemble = load_predict_model(tmp_path / "weighted" / "model.keras")
+    inputs, _ = next(iter(make_dataset(members.data, "test", 75, 16)))
+    expected = np.full(16, result.offset_months)
+    for name, weight in zip(result.members, result.weights, strict=True):
+        member = load_predict_model(members.tmp / "members" / name / "model.keras")
+        own = json.loads((members.tmp / "members" / name / TARGET_FILE).read_text())["offset_months"]
+        expected += weight * (np.asarray(member.predict_on_batch(inputs)).reshape(-1) - own)
+    np.testing.assert_allclose(np.asarray(ensemble.predict_on_batch(inputs)).reshape(-1), expected, atol=1e-3)
 
 
 def test_the_members_runs_become_children_of_the_ensembles_run(members, built):
@@ -158,7 +201,7 @@ def test_the_members_runs_become_children_of_the_ensembles_run(members, built):
 
 
 def test_weighted_combination_fits_on_films_the_calibration_never_sees():
-    from boneage.ensemble import split_validation
+    from boneage.training.ensemble import split_validation
 
     ids = [f"f{i}" for i in range(40)]
     fit, calibrate = split_validation(ids, 0.5, seed=4)
@@ -167,7 +210,7 @@ def test_weighted_combination_fits_on_films_the_calibration_never_sees():
 
 
 def test_weights_recover_the_better_member():
-    from boneage.ensemble import fit_weights
+    from boneage.training.ensemble import fit_weights
 
     rng = np.random.default_rng(0)
     true = rng.uniform(0, 200, 500)
@@ -178,7 +221,7 @@ def test_weights_recover_the_better_member():
 
 
 def test_a_test_time_view_turns_and_scales_about_the_centre_and_never_mirrors():
-    from boneage.model import FixedView
+    from boneage.model.network import FixedView
 
     image = np.zeros((1, 9, 9, 1), np.uint8)
     image[0, 0:3, 4, 0] = 255  # a bar from the top edge to the centre
@@ -190,9 +233,9 @@ def test_a_test_time_view_turns_and_scales_about_the_centre_and_never_mirrors():
 
 
 def test_tta_views_travel_inside_the_saved_model_and_are_averaged(members, tmp_path):
-    from boneage.dataset import make_dataset
-    from boneage.ensemble import combined_model, member_stack, views
-    from boneage.model import FixedView, load_predict_model
+    from boneage.model.network import FixedView, load_predict_model
+    from boneage.training.dataset import make_dataset
+    from boneage.training.ensemble import combined_model, member_stack, views
 
     raw = members.params.model_dump(mode="json")
     raw["ensemble"]["tta"]["enabled"] = True

@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from boneage import train as train_module
 from boneage.config import load_params
-from boneage.precision import ONEDNN_BF16_OPTION, choose, cpu_has_native_bf16
+from boneage.training import train as train_module
+from boneage.training.precision import ONEDNN_BF16_OPTION, choose, cpu_has_native_bf16
 from tests.conftest import REPO, RSNA_SAMPLE, require
 
 # A few steps of the recipe: one warm-up epoch, then fine-tuning that can never improve on its first
@@ -35,10 +35,10 @@ FEW_STEPS = {
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, monkeypatch_module):
-    from boneage.ingest import ingest
-    from boneage.model import write_stand_in_weights
-    from boneage.preprocess import preprocess
-    from boneage.train import train
+    from boneage.data.ingest import ingest
+    from boneage.data.preprocess import preprocess
+    from boneage.model.network import write_stand_in_weights
+    from boneage.training.train import train
 
     tmp = tmp_path_factory.mktemp("gpu-recipe")
     monkeypatch_module.setenv("KERAS_HOME", str(tmp / "keras"))

@@ -12,7 +12,7 @@ import pytest
 
 from boneage.config import ModelConfig, Params, apply_preset
 from boneage.errors import BoneageError
-from boneage.model import build_backbone, build_model, load_predict_model, recalibrate_batchnorm
+from boneage.model.network import build_backbone, build_model, load_predict_model, recalibrate_batchnorm
 
 SIZE = 75  # InceptionV3's smallest input keeps these tests fast
 
@@ -51,7 +51,7 @@ def test_imagenet_offline_is_a_clear_error_not_a_fallback(tmp_path):
     script = (
         "from boneage.config import ModelConfig\n"
         "from boneage.errors import BoneageError\n"
-        "from boneage.model import build_backbone\n"
+        "from boneage.model.network import build_backbone\n"
         "try:\n"
         f"    build_backbone(ModelConfig(weights='imagenet'), {SIZE})\n"
         "except BoneageError as exc:\n"

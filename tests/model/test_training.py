@@ -1,5 +1,7 @@
-"""Training end to end on tiny synthetic data: it learns, it resumes after kill -9, and the
-registry gates the champion. Real MLflow (SQLite) and real TFRecords throughout."""
+"""Training's mechanics on the small recipe's synthetic films: InceptionV3 learns (scored on films it
+never trained on), a run killed with -9 resumes where it stopped with its optimizer's state, a
+corrupt checkpoint is never used, the time limit and the budget end training between epochs, and
+the registry gates the champion. Real MLflow (SQLite) and real TFRecords throughout."""
 
 from __future__ import annotations
 
@@ -17,85 +19,55 @@ import pytest
 import yaml
 
 from boneage.config import Params
+from tests.conftest import small_recipe
 
-# Training numerics differ across CPUs of the same kind (oneDNN kernels on AMD EPYC vs Intel Xeon
-# with AMX), and this tiny deterministic run lands far apart: MAE / predict-the-mean was 0.27 with
-# seed 1 on an AMD EPYC and 0.56 with seed 3 on an Intel Xeon (where a 0.5 limit failed CI). The
-# limit leaves margin over both, and still fails when the model does not learn (about 1.0) or when
+# InceptionV3 from random weights on 224 synthetic training films for 8 epochs, scored on the 96
+# validation and test films it never trained on: MAE / predict-the-mean over seeds 1-3 was 0.39,
+# 0.41 and 0.44 on an AMD EPYC (Zen 5); one film more or less moves it by 0.01. The limit leaves
+# that spread and more for other CPUs' numerics (an Intel Xeon with AMX landed 0.3 above an EPYC on
+# an earlier version of this test), and still fails a model that does not learn (about 1.0) or whose
 # inference-mode BatchNorm diverges (well above 1.0: the momentum-0.99 trap).
-LEARNED_MAE_RATIO = 0.7
-# A resumed run sees the data in another order than an uninterrupted one: its final validation MAE
-# may differ by this much (relative).
-RESUME_TOLERANCE = 0.25
+LEARNED_MAE_RATIO = 0.75
+# A resumed run sees its data in another order after the resume than an uninterrupted one; over the
+# seeds measured its last epoch's training loss landed within 6% of the uninterrupted run's. A resume
+# that lost the optimizer's state restarts Adam's moments and step count: its step count is off by
+# the epochs before the kill, whatever the loss.
+RESUME_LOSS_TOLERANCE = 0.15
 
 
-def tiny_params(tmp: Path, **train) -> Params:
-    return Params.model_validate(
-        {
-            "seed": 3,
-            "data": {"source": str(tmp / "synth")},
-            "preprocess": {"image_size": 75, "workers": 1},
-            "model": {"weights": "none", "head_units": [64], "head_dropout": 0.0},
-            "train": {
-                "batch_size": 16,
-                "epochs": 8,
-                "learning_rate": 2e-3,
-                "lr_schedule": "cosine",
-                "early_stopping_patience": 50,
-                "augment": {"enabled": False},
-                # Training mechanics are under test here; the check has its own tests (test_ood, test_predict).
-                "ood": {"enabled": False},
-                **train,
-            },
-            "mlflow": {
-                "tracking_uri": f"sqlite:///{tmp}/mlruns/mlflow.db",
-                "artifact_root": str(tmp / "mlruns" / "art"),
-                "log_system_metrics": False,
-            },
-        }
-    )
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    from boneage.ingest import ingest
-    from boneage.preprocess import preprocess
-    from boneage.synth import write_dataset
-
-    tmp = tmp_path_factory.mktemp("tiny")
-    write_dataset(tmp / "synth", count=120, seed=5, size=192, workers=1)
-    params = tiny_params(tmp)
-    result = ingest(params, tmp / "ingest")
-    preprocess(params, result.manifest_path, tmp / "pre")
-    return tmp
+def mechanics_recipe(tmp: Path, **train) -> Params:
+    """The small recipe without its out-of-distribution check (it has its own tests) and its
+    smaller batch, for the training-mechanics tests."""
+    return small_recipe(tmp, train={"batch_size": 16, "epochs": 8, "learning_rate": 2e-3, "ood": {"enabled": False}, **train})
 
 
 @pytest.mark.slow
-def test_mae_falls_well_below_predict_the_mean(tiny_data, tmp_path, monkeypatch):
-    from boneage.dataset import predict_split
-    from boneage.model import load_predict_model
-    from boneage.train import train
+def test_inception_v3_learns_films_it_never_trained_on(trained_small, tmp_path, monkeypatch):
+    from boneage.model.network import load_predict_model
+    from boneage.training.dataset import predict_split
+    from boneage.training.train import train
 
     monkeypatch.chdir(tmp_path)
-    params = tiny_params(tiny_data)
-    result = train(params, tiny_data / "pre", tmp_path / "models")
-    manifest = pd.read_csv(tiny_data / "pre" / "manifest.csv", dtype={"id": str})
+    params = mechanics_recipe(tmp_path, correct_bias_on_val=False)
+    params = params.model_copy(update={"model": params.model.model_copy(update={"backbone": "inception_v3"})})
+    result = train(params, trained_small.data, tmp_path / "models")
+    manifest = pd.read_csv(trained_small.data / "manifest.csv", dtype={"id": str})
     model = load_predict_model(result.model_path)
-    # Inference mode (moving BatchNorm statistics), on the images it trained on.
-    pred = predict_split(model, tiny_data / "pre", "train", 75, 16).merge(manifest, on="id")
-    mae = (pred["predicted"] - pred["boneage"]).abs().mean()
-    baseline = (pred["boneage"] - pred["boneage"].mean()).abs().mean()
-    assert mae < LEARNED_MAE_RATIO * baseline, f"MAE {mae:.1f} vs predict-the-mean {baseline:.1f}"
-    history = pd.read_csv(result.model_path.parent / "history.csv")
-    assert history["mae_months"].iloc[-1] < 0.6 * history["mae_months"].iloc[0]
+    held_out = pd.concat([predict_split(model, trained_small.data, split, 75, 32) for split in ("val", "test")])
+    scored = held_out.merge(manifest, on="id")
+    mae = (scored["predicted"] - scored["boneage"]).abs().mean()
+    train_mean = manifest.loc[manifest["split"] == "train", "boneage"].mean()
+    baseline = (scored["boneage"] - train_mean).abs().mean()
+    assert len(scored) >= 80
+    assert mae < LEARNED_MAE_RATIO * baseline, f"held-out MAE {mae:.1f} vs predict-the-mean {baseline:.1f}"
 
 
 @pytest.mark.slow
-def test_kill_9_mid_training_resumes_from_the_last_checkpoint(tiny_data, tmp_path):
+def test_kill_9_mid_training_resumes_from_the_last_checkpoint(trained_small, tmp_path):
     # Resuming is the same for any backbone; a small CNN with long epochs (many repeats of the
-    # tiny split) leaves time to kill it mid-run without paying for InceptionV3's checkpoints.
-    raw = tiny_params(tiny_data, epochs=4, steps_per_epoch=30).model_dump(mode="json")
-    cmd = _train_command(raw, tiny_data, tmp_path)
+    # training split) leaves time to kill it mid-run without paying for InceptionV3's checkpoints.
+    raw = mechanics_recipe(tmp_path, epochs=4, steps_per_epoch=30).model_dump(mode="json")
+    cmd = _train_command(raw, trained_small.data, tmp_path, "models")
     state = tmp_path / "models" / "checkpoint" / "state.json"
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 300
@@ -116,64 +88,72 @@ def test_kill_9_mid_training_resumes_from_the_last_checkpoint(tiny_data, tmp_pat
     assert f"resuming from the checkpoint after epoch {killed_at}" in rerun.stderr
     history = pd.read_csv(tmp_path / "models" / "history.csv")
     assert list(history["epoch"]) == [1, 2, 3, 4]
-    assert (tmp_path / "models" / "model.keras").is_file()
 
-    # The same recipe without the interruption ends close by (the data order after the resume
-    # differs, so not bit-identical).
+    # The same recipe without the interruption: the optimizer took as many steps, and the last
+    # epoch's loss is as low (the data order after the resume differs, so not bit for bit).
     straight = subprocess.run(
-        [*cmd[:-4], "--out", str(tmp_path / "straight"), "--params", str(tmp_path / "params.yaml")],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
+        _train_command(raw, trained_small.data, tmp_path, "straight"), cwd=tmp_path, capture_output=True, text=True, timeout=600
     )
     assert straight.returncode == 0, straight.stderr[-2000:]
-    reference = pd.read_csv(tmp_path / "straight" / "history.csv")["val_mae_months"].iloc[-1]
-    assert history["val_mae_months"].iloc[-1] == pytest.approx(reference, rel=RESUME_TOLERANCE)
+    assert _optimizer_steps(tmp_path / "models") == _optimizer_steps(tmp_path / "straight") == 4 * 30
+    reference = pd.read_csv(tmp_path / "straight" / "history.csv")["loss"].iloc[-1]
+    assert history["loss"].iloc[-1] == pytest.approx(reference, rel=RESUME_LOSS_TOLERANCE)
+
+
+def _optimizer_steps(model_dir: Path) -> int:
+    import keras
+
+    model = keras.saving.load_model(model_dir / "checkpoint" / "train.keras", safe_mode=True)
+    return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
 
 
 @pytest.mark.slow
-def test_a_corrupt_checkpoint_is_reported_and_never_used(tiny_data, tmp_path):
-    raw = tiny_params(tiny_data, epochs=2).model_dump(mode="json")
-    cmd = _train_command(raw, tiny_data, tmp_path)
-    first = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert first.returncode == 0, first.stderr[-2000:]
+def test_a_corrupt_checkpoint_is_reported_and_never_used(trained_small, tmp_path, capsys):
+    from boneage.training.train import train
+
+    params = _small_cnn(mechanics_recipe(tmp_path, epochs=2))
+    train(params, trained_small.data, tmp_path / "models")
     ckpt = tmp_path / "models" / "checkpoint"
     state = json.loads((ckpt / "state.json").read_text())
     (ckpt / "state.json").write_text(json.dumps({**state, "epoch": 1, "completed": False}))
     (ckpt / "train.keras").write_bytes(b"PK\x03\x04 not really a keras file")
-    second = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert second.returncode == 0, second.stderr[-2000:]
-    assert "ignoring unreadable checkpoint" in second.stderr and "resuming" not in second.stderr
+    capsys.readouterr()
+    train(params, trained_small.data, tmp_path / "models")
+    err = capsys.readouterr().err
+    assert "ignoring unreadable checkpoint" in err and "resuming" not in err
     assert list(pd.read_csv(tmp_path / "models" / "history.csv")["epoch"]) == [1, 2]
 
 
 @pytest.mark.slow
-def test_max_minutes_stops_training_between_epochs(tiny_data, tmp_path):
-    raw = tiny_params(tiny_data, epochs=6, max_minutes=0.001).model_dump(mode="json")
-    proc = subprocess.run(_train_command(raw, tiny_data, tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+def test_max_minutes_stops_training_between_epochs(trained_small, tmp_path, capsys):
+    from boneage.training.train import train
+
+    result = train(_small_cnn(mechanics_recipe(tmp_path, epochs=6, max_minutes=0.001)), trained_small.data, tmp_path)
     # The first epoch already took longer than the limit: no second one starts.
-    assert "train.max_minutes: another epoch would end past the budget; stopping after epoch 1" in proc.stderr
-    assert list(pd.read_csv(tmp_path / "models" / "history.csv")["epoch"]) == [1]
-    assert (tmp_path / "models" / "model.keras").is_file()
+    assert "train.max_minutes: another epoch would end past the budget; stopping after epoch 1" in capsys.readouterr().err
+    assert result.epochs_run == 1 and result.model_path.is_file()
 
 
 @pytest.mark.slow
-def test_a_budget_plans_the_epochs_and_the_cosine_ends_with_them(tiny_data, tmp_path):
+def test_a_budget_plans_the_epochs_and_the_cosine_ends_with_them(trained_small, tmp_path, capsys):
+    import mlflow
+
+    from boneage.training.train import train
+
+    params = _small_cnn(mechanics_recipe(tmp_path, epochs=6, budget_minutes=0.001))
+    result = train(params, trained_small.data, tmp_path)
     # A budget already spent by the second epoch: the plan ends training there, and records it.
-    raw = tiny_params(tiny_data, epochs=6, budget_minutes=0.001).model_dump(mode="json")
-    proc = subprocess.run(_train_command(raw, tiny_data, tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "training ends after epoch 2" in proc.stderr
-    assert list(pd.read_csv(tmp_path / "models" / "history.csv")["epoch"]) == [1, 2]
-    assert json.loads((tmp_path / "models" / "checkpoint" / "state.json").read_text())["planned_end"] == 2
+    assert "training ends after epoch 2" in capsys.readouterr().err
+    assert result.epochs_run == 2
+    assert json.loads((tmp_path / "checkpoint" / "state.json").read_text())["planned_end"] == 2
+    tags = mlflow.MlflowClient(params.mlflow.tracking_uri).get_run(result.run_id).data.tags
+    assert tags["boneage.planned_epochs"] == "2"
 
 
 def test_the_cosine_by_step_follows_keras_cosine_decay_and_its_plan():
     import keras
 
-    from boneage.train import _CosineByStep, _Plan
+    from boneage.training.train import _CosineByStep, _Plan
 
     plan = _Plan(first=0, end=5, steps_per_epoch=20)
     cosine = _CosineByStep(1e-3, 1e-6, plan)
@@ -206,10 +186,10 @@ def _fake_run(tmp: Path, params: Params, test_mae: float) -> Path:
 def test_registry_gates_the_champion(tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
-    from boneage.register import register
+    from boneage.training.register import register
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    params = tiny_params(tmp_path)
+    params = mechanics_recipe(tmp_path)
     decisions = []
     for mae in (20.0, 25.0, 15.0):
         run_dir = _fake_run(tmp_path, params, mae)
@@ -218,15 +198,19 @@ def test_registry_gates_the_champion(tmp_path, monkeypatch):
     assert decisions[1]["previous_champion_test_mae"] == 20.0
     assert decisions[2]["previous_champion_test_mae"] == 20.0
     client = MlflowClient()
-    champion = client.get_model_version_by_alias("boneage", "champion")
+    champion = client.get_model_version_by_alias(decisions[2]["model"], "champion")
     assert int(champion.version) == decisions[2]["version"]
     assert champion.tags["run_id"] and champion.tags["test_mae"] == "15.0000"
-    assert int(client.get_model_version_by_alias("boneage", "challenger").version) == decisions[1]["version"]
+    assert int(client.get_model_version_by_alias(decisions[1]["model"], "challenger").version) == decisions[1]["version"]
     assert np.isclose(json.loads((run_dir / "registry.json").read_text())["test_mae"], 15.0)
 
 
-def _train_command(raw: dict, tiny_data, tmp_path) -> list[str]:
-    """`boneage train` in a fresh process, on the small CNN, with these params written to a file."""
+def _small_cnn(params: Params) -> Params:
+    return params.model_copy(update={"model": params.model.model_copy(update={"backbone": "small_cnn"})})
+
+
+def _train_command(raw: dict, data: Path, tmp_path: Path, out: str) -> list[str]:
+    """`boneage train` in a fresh process (it is killed), on the small CNN, with these params in a file."""
     raw["model"]["backbone"] = "small_cnn"
     params_path = tmp_path / "params.yaml"
     params_path.write_text(yaml.safe_dump(raw))
@@ -236,9 +220,9 @@ def _train_command(raw: dict, tiny_data, tmp_path) -> list[str]:
         "boneage",
         "train",
         "--data",
-        str(tiny_data / "pre"),
+        str(data),
         "--out",
-        str(tmp_path / "models"),
+        str(tmp_path / out),
         "--params",
         str(params_path),
     ]

@@ -12,11 +12,15 @@ import uuid
 
 import pytest
 
-from boneage import gcs, services
 from boneage.config import Params
+from boneage.data import gcs
+from boneage.data.ingest import ingest
 from boneage.errors import BoneageError
-from boneage.ingest import ingest
+from boneage.orchestrate import services
 from tests.conftest import write_kaggle_dataset
+
+# Slow: it starts and stops a GCS emulator.
+pytestmark = pytest.mark.slow
 
 RETRY_SECONDS = 3.0
 
@@ -42,7 +46,7 @@ def test_an_outage_mid_ingest_fails_clearly_and_a_restart_resumes(tmp_path, monk
             victim.rename(victim.with_name(victim.name + ".partial"))
         (out / "manifest.csv").unlink()
         os.killpg(pid, signal.SIGTERM)
-        time.sleep(1)
+        assert services.wait_until_gone(pid), "the emulator did not stop"
 
         started = time.monotonic()
         with pytest.raises(BoneageError, match=rf"{uri}.*retrying for up to {RETRY_SECONDS:.0f} s"):

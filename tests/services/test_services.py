@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -14,13 +14,16 @@ import pytest
 import requests
 from typer.testing import CliRunner
 
-from boneage import gcs, services, tracking
+from boneage import tracking
 from boneage.cli import app
 from boneage.config import Params
+from boneage.data import gcs
 from boneage.errors import BoneageError
-from tests.conftest import write_kaggle_dataset
+from boneage.orchestrate import services
+from tests.conftest import BIN, write_kaggle_dataset
 
-BIN = Path(sys.executable).parent
+# Slow: every test here talks to the service stack (PostgreSQL, the emulator, MLflow).
+pytestmark = pytest.mark.slow
 
 
 def test_mlflow_server_requires_auth(stack):
@@ -38,16 +41,24 @@ def test_services_env_prints_what_clients_need(stack):
     assert "export GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false" in result.output
 
 
+# "Fast": within the probe's own timeout, with room for one retry of the request and a slow machine.
+FAIL_FAST_S = 2 * Params().mlflow.probe_timeout_seconds + 5
+
+
 def test_tracking_fails_fast_on_a_wrong_password(stack, stack_env, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "not-the-password")
+    started = time.monotonic()
     with pytest.raises(BoneageError, match="refused the request with credentials"):
         tracking.connect(Params())
+    assert time.monotonic() - started < FAIL_FAST_S
 
 
 def test_tracking_fails_fast_when_the_server_is_down(monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{services.free_port()}")
+    started = time.monotonic()
     with pytest.raises(BoneageError, match="unreachable.*make services"):
         tracking.connect(Params())
+    assert time.monotonic() - started < FAIL_FAST_S
 
 
 def test_tracking_falls_back_to_local_only_when_asked(monkeypatch, tmp_path, capsys):

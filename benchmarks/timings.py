@@ -1,0 +1,143 @@
+"""How long the commands a newcomer runs take, from a fresh clone: `make demo` (install included),
+`make demo-ensemble`, `make test-fast`, `make test` and `.ci/run`, timed by this script on a clone it
+makes itself, with the per-test durations `make test` leaves in reports/test-durations.json.
+Stored under "timings" in benchmarks/results.json; the README's and docs/testing.md's blocks are
+written from it (benchmarks/pages.py).
+
+    python -m benchmarks.timings run [--only demo test ...]   # clones HEAD into a temporary folder
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.common import PROJECT, load_results, machine, record
+
+RESULT_KEY = "timings"
+# name -> (the command, its goal in minutes)
+COMMANDS = {
+    "demo": ("make demo", 15),
+    "demo-ensemble": ("make demo-ensemble", None),
+    "test-fast": ("make test-fast", 3),
+    "test": ("make test", 12),
+    "ci": (".ci/run", 20),
+}
+SLOWEST = 12
+
+
+def _timed(command: str, cwd: Path, log: Path) -> float:
+    start = time.perf_counter()
+    with open(log, "w") as fh:
+        proc = subprocess.run(["bash", "-c", command], cwd=cwd, stdout=fh, stderr=subprocess.STDOUT, check=False)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"`{command}` failed (exit {proc.returncode}) after {seconds:.0f} s; see {log}")
+    return seconds
+
+
+def _pipeline_seconds(log: Path) -> float | None:
+    for line in log.read_text().splitlines()[::-1]:
+        if line.startswith("pipeline wall time:"):
+            return float(line.split(":")[1].split()[0])
+    return None
+
+
+def _tests(clone: Path) -> dict:
+    record_ = json.loads((clone / "reports" / "test-durations.json").read_text())
+    slowest = dict(list(record_["durations"].items())[:SLOWEST])
+    return {k: record_[k] for k in ("tests", "outcomes", "session_seconds", "markers")} | {"slowest": slowest}
+
+
+def run(only: list[str]) -> dict:
+    done = dict(load_results().get(RESULT_KEY, {}).get("commands", {}))
+    clone = Path(tempfile.mkdtemp(prefix="boneage-timings-")) / "boneage"
+    subprocess.run(["git", "clone", "-q", str(PROJECT), str(clone)], check=True)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=clone, capture_output=True, text=True).stdout.strip()
+    shared = PROJECT.parent / "shared"
+    if shared.is_dir() and not (clone.parent / "shared").exists():
+        (clone.parent / "shared").symlink_to(shared)  # the tests read ../shared/data beside the clone
+    tests = None
+    for name in only:
+        command, goal = COMMANDS[name]
+        log = clone.parent / f"{name}.log"
+        seconds = _timed(command, clone, log)
+        done[name] = {"command": command, "seconds": round(seconds, 1), "goal_minutes": goal, "commit": commit}
+        if name == "demo":
+            done[name]["pipeline_seconds"] = _pipeline_seconds(log)
+        if name in ("test", "ci"):
+            tests = _tests(clone)
+        print(f"{command}: {seconds / 60:.1f} min", flush=True)
+    shutil.rmtree(clone.parent, ignore_errors=True)
+    previous = load_results().get(RESULT_KEY, {})
+    return {"commands": done, "tests": tests or previous.get("tests", {}), "machine": machine()}
+
+
+def summary(data: dict) -> dict:
+    timed = {k: v for k, v in data["commands"].items() if v.get("goal_minutes")}
+    met = all(v["seconds"] <= 60 * v["goal_minutes"] for v in timed.values())
+    return {
+        "title": "make demo, make test, make test-fast and .ci/run from a fresh clone",
+        "summary": "; ".join(f"{v['command']} {v['seconds'] / 60:.1f} min" for v in data["commands"].values()),
+        "goal": "; ".join(f"{v['command']} <= {v['goal_minutes']} min" for v in timed.values()),
+        "verdict": "met" if met else "missed",
+        "runs": list(data["commands"].values()),
+    }
+
+
+def block(results: dict) -> str:
+    data = results.get(RESULT_KEY)
+    if not data:
+        return "Not measured yet: `python -m benchmarks.timings run` times them from a fresh clone.\n"
+    m = data["machine"]
+    lines = [
+        "| command | minutes | goal |",
+        "|---|---:|---:|",
+        *(
+            f"| `{v['command']}` | {v['seconds'] / 60:.1f}"
+            + (f" (pipeline {v['pipeline_seconds'] / 60:.1f})" if v.get("pipeline_seconds") else "")
+            + f" | {'≤ ' + str(v['goal_minutes']) if v.get('goal_minutes') else '–'} |"
+            for v in data["commands"].values()
+        ),
+        "",
+        f"Measured {m['date']} from a fresh clone on {m['cpu']} ({m['cores']} cores) by `benchmarks/timings.py`; "
+        f"`make test` ran {data['tests'].get('tests', '?')} tests ([docs/testing.md](docs/testing.md) lists the slowest).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def tests_block(results: dict) -> str:
+    tests = results.get(RESULT_KEY, {}).get("tests")
+    if not tests:
+        return "Not measured yet: `python -m benchmarks.timings run --only test`.\n"
+    lines = [
+        f"The last timed `make test` (from a fresh clone, by `benchmarks/timings.py`): {tests['tests']} tests, "
+        f"{', '.join(f'{n} {k}' for k, n in tests['outcomes'].items())}, {tests['session_seconds'] / 60:.1f} minutes "
+        "of pytest. The slowest, with setup and teardown:",
+        "",
+        "| test | seconds |",
+        "|---|---:|",
+        *(f"| `{name}` | {seconds:.1f} |" for name, seconds in tests["slowest"].items()),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("part", choices=("run",))
+    parser.add_argument("--only", nargs="*", default=list(COMMANDS), choices=list(COMMANDS))
+    args = parser.parse_args()
+    data = run(args.only)
+    record(RESULT_KEY, {**data, **summary(data)})
+    from benchmarks.pages import write_all
+
+    write_all()
+
+
+if __name__ == "__main__":
+    main()
