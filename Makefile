@@ -24,7 +24,7 @@ IMAGE ?= $(REGISTRY)/boneage-gpu:$(VERSION)
 IMAGE_CPU ?= $(REGISTRY)/boneage-cpu:$(VERSION)
 PIPELINE_YAML ?= build/boneage-pipeline.yaml
 
-.PHONY: setup system-deps test test-fast demo demo-ensemble demo-next pipeline real-data bench-real bench-demo bench-ood bench-ensemble plots bench bench-gpu mlflow-ui serve lint clean help services services-down image lint-docker compile kfp-local submit docker-ready base-image ca-certificates image-gpu push test-containers image-local
+.PHONY: setup system-deps test test-fast demo demo-ensemble demo-next pipeline real-data bench-real bench-demo bench-ood bench-ensemble plots bench bench-gpu mlflow-ui serve serve-env serve-kserve image-serve lint clean help services services-down image lint-docker compile kfp-local submit docker-ready base-image ca-certificates image-gpu push test-containers image-local
 
 help:
 	@echo "make setup   install system packages and the pinned Python environment in $(VENV)"
@@ -38,6 +38,8 @@ help:
 	@echo "make bench-gpu   training images/s on an NVIDIA GPU (benchmarks/gpu.sh)"
 	@echo "make mlflow-ui / make plots   look at the runs and the DVC plots"
 	@echo "make serve [MODEL=models:/NAME@champion] [PORT=5002]   the registered model as a REST endpoint"
+	@echo "make serve-kserve [KSERVE_MODEL=models] [KSERVE_PORT=8080]   the model behind KServe's server (V1 + V2)"
+	@echo "make image-serve   the KServe serving image (make image-serve BASE_IMAGE=... as for make image)"
 	@echo "make image [BASE_IMAGE=...]   build the CPU image (make base-image: a Debian base made here, offline)"
 	@echo "make image-gpu / make push REGISTRY=...   build the GPU image / build both and push them"
 	@echo "make test-containers   the Kubeflow pipeline with every step in the CPU image (Docker)"
@@ -67,6 +69,19 @@ $(STAMP): pyproject.toml requirements.lock
 	touch $(STAMP)
 
 setup: system-deps $(STAMP)
+
+# KServe's model server cannot share the pinned stack (requirements-serve.txt says why): its own
+# environment, from its own lock, with boneage installed into it without dependencies.
+SERVE_VENV := .venv-serve
+SERVE_STAMP := $(SERVE_VENV)/.installed
+$(SERVE_STAMP): requirements-serve.lock pyproject.toml | $(STAMP)
+	test -x $(SERVE_VENV)/bin/python || $(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/python -m pip install -q --upgrade pip
+	$(SERVE_VENV)/bin/python -m pip install -q -r requirements-serve.lock
+	$(SERVE_VENV)/bin/python -m pip install -q --no-deps -e .
+	touch $(SERVE_STAMP)
+
+serve-env: $(SERVE_STAMP)
 
 # PYTEST_MARKERS picks the tests: all but the container ones by default; .ci/run adds those, in the
 # same session, so that they reuse its service stack and its `dvc repro` (make ci-tests).
@@ -203,6 +218,12 @@ image: docker-ready ca-certificates
 	DOCKER_BUILDKIT=0 docker build -q --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg EXTRAS=cpu $(BUILD_ARGS) -t $(IMAGE_CPU) .
 	@docker image ls $(IMAGE_CPU) --format '{{.Repository}}:{{.Tag}} {{.Size}}'
 
+# The serving image: KServe's server over boneage, from requirements-serve.lock (docker/serve.Dockerfile).
+IMAGE_SERVE ?= $(REGISTRY)/boneage-serve:$(VERSION)
+image-serve: docker-ready ca-certificates
+	DOCKER_BUILDKIT=0 docker build -q -f docker/serve.Dockerfile --build-arg BASE_IMAGE=$(BASE_IMAGE) $(BUILD_ARGS) -t $(IMAGE_SERVE) .
+	@docker image ls $(IMAGE_SERVE) --format '{{.Repository}}:{{.Tag}} {{.Size}}'
+
 image-gpu: docker-ready ca-certificates
 	DOCKER_BUILDKIT=0 docker build -q --build-arg BASE_IMAGE=$(GPU_BASE_IMAGE) --build-arg EXTRAS= \
 	  --build-arg VENV_FLAGS=--system-site-packages $(BUILD_ARGS) -t $(IMAGE) .
@@ -222,7 +243,7 @@ image-local: setup docker-ready
 	$(MAKE) image BASE_IMAGE=$(LOCAL_BASE) CA_CERTS=$(or $(CA_CERTS),$(wildcard /usr/local/share/ca-certificates))
 
 lint-docker: setup
-	$(BIN)/hadolint Dockerfile
+	$(BIN)/hadolint Dockerfile docker/serve.Dockerfile
 
 compile: setup
 	boneage pipeline compile --out $(PIPELINE_YAML) --set kfp.image=$(IMAGE) --set kfp.cpu_image=$(IMAGE_CPU)
@@ -253,6 +274,18 @@ PORT ?= 5002
 MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
 serve: setup
 	MLFLOW_TRACKING_URI=$(MLFLOW_TRACKING_URI) mlflow models serve -m $(MODEL) --env-manager local -h 127.0.0.1 -p $(PORT)
+
+# The model behind KServe's own server (V1 and Open Inference protocols) on 127.0.0.1:$(KSERVE_PORT).
+# MODEL: a training output folder (default: the demo's), or an MLflow model URI, fetched first.
+# RECORDS: a folder (or gs://) where every scored film leaves a record for `boneage monitor`.
+KSERVE_MODEL ?= models
+KSERVE_PORT ?= 8080
+RECORDS ?= reports/records
+serve-kserve: setup serve-env
+	@dir="$(KSERVE_MODEL)"; case "$$dir" in *:/*) dir=$$(MLFLOW_TRACKING_URI=$(MLFLOW_TRACKING_URI) $(BIN)/python -c \
+	  "import sys; from boneage.serve.predict import model_folder; print(model_folder(sys.argv[1]))" "$$dir") || exit 1;; esac; \
+	BONEAGE_RECORDS=$(RECORDS) $(SERVE_VENV)/bin/python -m boneage.serve.kserve_model --model_dir "$$dir" \
+	  --model_name boneage --http_port $(KSERVE_PORT)
 
 clean:
 	rm -rf data/ingest data/preprocessed models reports local_outputs .pytest_cache

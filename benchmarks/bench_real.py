@@ -165,8 +165,11 @@ def recipe_figures(workspace: Path) -> dict:
     history = pd.read_csv(workspace / "models" / "history.csv")
     manifest = pd.read_csv(workspace / "data" / "preprocessed" / "manifest.csv")
     lock = (workspace / "dvc.lock").read_text() if (workspace / "dvc.lock").is_file() else ""
+    provenance = json.loads((workspace / "models" / "predictor.json").read_text())["provenance"]
     return {
         "metrics": _metric_summary(metrics, workspace / "reports" / "predictions.csv"),
+        # What docs/model-card.md is written from: the model's provenance and its whole evaluation.
+        "card": {"provenance": provenance, "metrics": metrics},
         "curve": _learning_curve(history, manifest, workspace),
         "train_films": int((manifest["split"] == "train").sum()),
         "dvc_lock_sha": _sha(lock),

@@ -21,6 +21,7 @@ BLOCKS: dict[tuple[Path, str], Callable[[dict], str]] = {
     (bench_ensemble.PAGE, bench_ensemble.BLOCK): lambda r: bench_ensemble.block(r.get(bench_ensemble.RESULT_KEY, {})),
     (bench_ood.PAGE, bench_ood.BLOCK): lambda r: bench_ood.block(r.get(bench_ood.RESULT_KEY, {})),
     (DOCS / "testing.md", "tests"): timings.tests_block,
+    (DOCS / "model-card.md", "card"): real_report.model_card_block,
 }
 
 

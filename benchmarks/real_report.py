@@ -180,3 +180,16 @@ def write_readme_block(data: dict) -> None:
     if data.get("recipe"):
         plot_learning_curve(data["recipe"])
     replace_block(PAGE, BLOCK, block(data))
+
+
+def model_card_block(results: dict) -> str:
+    """docs/model-card.md: the recipe of record's model card, from the provenance and evaluation
+    `bench_real recipe` stored (the same code writes the registered version's description)."""
+    from boneage.config import Params
+    from boneage.training.model_card import model_card
+
+    card = results.get("real_data", {}).get("recipe", {}).get("card")
+    if not card:
+        return "Not written yet: `make real-data`, then `python -m benchmarks.bench_real recipe --workspace .`.\n"
+    bands = Params().data.age_bands_years
+    return model_card(card["provenance"], card["metrics"], bands, "boneage (the recipe of record)")

@@ -29,6 +29,8 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 RSNA_SAMPLE = SHARED_DATA / "rsna-sample"
 RSNA_LABELS = SHARED_DATA / "rsna-labels"
 FIXTURES = Path(__file__).parent / "fixtures"
+# The serving environment (make serve-env): KServe's server and SDK live there, not in .venv.
+SERVE_PYTHON = REPO / ".venv-serve" / "bin" / "python"
 
 
 # CI sets this: a shared file that is missing fails its test instead of skipping it, so that a

@@ -27,7 +27,7 @@ from boneage.data import gcs
 from boneage.model.ood import PARTS
 from boneage.orchestrate import services
 from tests import browser
-from tests.conftest import BIN, REPO
+from tests.conftest import BIN, REPO, SERVE_PYTHON
 
 # CPU training with the same seed on the same records is close to deterministic; allow for
 # float reductions in a different order across processes.
@@ -397,3 +397,100 @@ def test_the_image_runs_as_a_non_root_user_and_holds_no_secrets():
         capture_output=True, text=True,
     ).stdout  # fmt: skip
     assert keys.strip() == "", f"key material in the image: {keys}"
+
+
+BATCH_FILMS = 24
+BATCH_SHARD_FILMS = 10
+
+
+def _upload_worklist(work: Path, prefix: str) -> list[Path]:
+    """BATCH_FILMS of the project's synthetic films and a worklist of them under gs://prefix (paths
+    relative to the worklist), plus a row whose film is missing and a row with a bad sex."""
+    import fsspec
+
+    films = sorted((work / "data" / "synthetic" / "boneage-training-dataset").glob("*.png"))[:BATCH_FILMS]
+    fs = fsspec.filesystem("gs", token="anon")
+    for film in films:
+        fs.put_file(str(film), f"{prefix}/films/{film.name}")
+    rows = [{"id": f.stem, "path": f"films/{f.name}", "sex": "F", "chronological_age": 120} for f in films]
+    rows += [
+        {"id": "gone", "path": "films/gone.png", "sex": "M", "chronological_age": ""},
+        {"id": "odd", "path": f"films/{films[0].name}", "sex": "X", "chronological_age": ""},
+    ]
+    with fs.open(f"{prefix}/worklist.csv", "w") as fh:
+        pd.DataFrame(rows).to_csv(fh, index=False)
+    return films
+
+
+@pytest.mark.slow
+def test_the_batch_pipeline_scores_a_worklist_on_gcs_and_counts_every_row(project, stack, stack_env, tmp_path):
+    """split -> ParallelFor(score) -> merge under kfp.local, the worklist, the films and the outputs in
+    the GCS emulator, the model a registered version: every row comes back, in worklist order, with the
+    months scoring here gives, and one MLflow run counts them."""
+    import fsspec
+
+    from boneage.serve.predict import Predictor, predict_files
+
+    work, env, _ = project
+    prefix = f"{services.DATA_BUCKET}/batch-{tmp_path.name}"
+    films = _upload_worklist(work, prefix)
+    model = "models:/boneage-synthetic@champion"
+    command = ["boneage", "pipeline", "run-local", "--batch", "--worklist", f"gs://{prefix}/worklist.csv"]
+    command += ["--scored-out", f"gs://{prefix}/out", "--model", model, "--pipeline-root", str(tmp_path / "kfp")]
+    run([*command, "--set", f"batch.shard_films={BATCH_SHARD_FILMS}"], work, env)
+
+    fs = fsspec.filesystem("gs", token="anon")
+    summary = json.loads(fs.cat(f"{prefix}/out/summary.json"))
+    rows = BATCH_FILMS + 2
+    assert (summary["rows"], summary["not_scored"], summary["shards"]) == (rows, 0, -(-rows // BATCH_SHARD_FILMS))
+    assert summary["scored"] + summary["rejected"] == rows and sum(summary["reasons"].values()) == summary["rejected"]
+    # The two bad rows, each counted under its reason (the tiny model's check may refuse a film or two more).
+    assert summary["reasons"]["no such file"] == 1 and summary["reasons"]["sex 'X' is not M or F"] == 1, summary["reasons"]
+    with fs.open(f"{prefix}/out/scored.csv") as fh:
+        scored = pd.read_csv(fh, dtype={"id": str}, keep_default_na=False)
+    assert scored["csv_line"].tolist() == list(range(2, rows + 2))  # worklist order, every row
+    local = predict_files(Predictor.load(model), films, sex="F", chronological_age=120)
+    assert scored["rejected"].iloc[:BATCH_FILMS].astype(bool).tolist() == [bool(r.rejected) for r in local]
+    months = pd.to_numeric(scored["bone_age_months"].iloc[:BATCH_FILMS], errors="coerce").dropna().tolist()
+    assert months == pytest.approx([r.bone_age_months for r in local if not r.rejected], abs=0.01)
+
+    client = mlflow.MlflowClient(tracking_uri=stack.mlflow_uri)
+    experiment = client.get_experiment_by_name(yaml.safe_load((work / "params.yaml").read_text())["mlflow"]["experiment"])
+    batch_runs = client.search_runs([experiment.experiment_id], "tags.`boneage.kind` = 'batch'")
+    assert any(r.data.metrics.get("rows") == rows and r.data.params["worklist"].endswith("worklist.csv") for r in batch_runs)
+
+
+@pytest.mark.slow
+def test_the_kserve_manifest_of_a_registered_version_is_a_valid_inference_service(project, stack, stack_env, tmp_path):
+    """`boneage serve manifest` for the champion: KServe's own SDK reads it back as a V1beta1InferenceService
+    without losing a field, the storage URI holds the version's files in the bucket, and the resources,
+    replicas and canary share are the config's."""
+    import fsspec
+
+    work, env, _ = project
+    out = tmp_path / "isvc.yaml"
+    command = ["boneage", "serve", "manifest", "--name", "boneage-synthetic", "--canary", "--out", str(out)]
+    proc = run([*command, "--set", f"kserve.artifact_destination={services.ARTIFACT_DESTINATION}"], work, env)
+    assert "InferenceService boneage" in proc.stdout
+    manifest = yaml.safe_load(out.read_text())
+    schema_check = [str(SERVE_PYTHON), str(REPO / "tests" / "serve" / "kserve_schema.py"), str(out)]
+    checked = subprocess.run(schema_check, capture_output=True, text=True, timeout=120)
+    assert checked.returncode == 0, checked.stderr[-2000:]
+
+    params = yaml.safe_load((work / "params.yaml").read_text())["kserve"]
+    predictor = manifest["spec"]["predictor"]
+    container = predictor["containers"][0]
+    assert container["resources"] == {
+        "requests": {"cpu": params["cpu"], "memory": params["memory"]},
+        "limits": {"cpu": params["cpu_limit"], "memory": params["memory_limit"]},
+    }
+    assert (predictor["minReplicas"], predictor["maxReplicas"]) == (params["min_replicas"], params["max_replicas"])
+    assert predictor["canaryTrafficPercent"] == params["canary_traffic_percent"]
+    env_of = {e["name"]: e["value"] for e in container["env"]}
+    champion = mlflow.MlflowClient(tracking_uri=stack.mlflow_uri).get_model_version_by_alias("boneage-synthetic", "champion")
+    assert env_of["BONEAGE_MODEL_NAME"] == f"boneage-synthetic/{champion.version}"
+    # The storage URI is where the MLflow server keeps the version's files: the model is there.
+    uri = env_of["STORAGE_URI"]
+    assert uri.startswith(f"gs://{services.ARTIFACT_BUCKET}/")
+    files = fsspec.filesystem("gs", token="anon").find(uri)
+    assert any(f.endswith("/model.keras") for f in files) and any(f.endswith("/predictor.json") for f in files), files

@@ -27,6 +27,10 @@ ensemble_app = typer.Typer(
     help="Ensembles: train the members of ensemble.members, then combine them into one model.", no_args_is_help=True
 )
 app.add_typer(ensemble_app, name="ensemble")
+serve_app = typer.Typer(
+    help="Serving at cluster scale: the KServe InferenceService of a registered version.", no_args_is_help=True
+)
+app.add_typer(serve_app, name="serve")
 
 # The options several commands share, declared once.
 ParamsOption = Annotated[Path, typer.Option("--params", help="params.yaml to read")]
@@ -326,14 +330,16 @@ ExperimentArg = Annotated[str | None, typer.Option("--experiment", help="MLflow 
 @pipeline_app.command("compile")
 @friendly_errors
 def pipeline_compile(
-    out: out_option("where to write the pipeline YAML") = Path("build/boneage-pipeline.yaml"),
+    out: out_option("where to write the pipeline YAML (default: build/boneage[-batch]-pipeline.yaml)", required=False) = None,
+    batch: Annotated[bool, typer.Option("--batch", help="the batch-scoring pipeline instead of the training one")] = False,
     params: ParamsOption = DEFAULT_PARAMS_PATH,
     set_: SetOption = None,
 ) -> None:
     """Compile the pipeline (defaults from params.yaml) to a YAML package for a KFP cluster."""
-    from boneage.orchestrate.kfp_runner import compile_pipeline
+    from boneage.orchestrate.kfp_runner import DEFAULT_BATCH_PACKAGE, DEFAULT_PACKAGE, compile_pipeline
 
-    path = compile_pipeline(load_params(params, _overrides(set_)), out)
+    out = out or (DEFAULT_BATCH_PACKAGE if batch else DEFAULT_PACKAGE)
+    path = compile_pipeline(load_params(params, _overrides(set_)), out, batch=batch)
     typer.echo(f"compiled pipeline -> {path}")
 
 
@@ -359,14 +365,24 @@ def pipeline_run_local(
     mlflow_uri: MlflowUriArg = None,
     experiment: ExperimentArg = None,
     set_: SetOption = None,
+    batch: Annotated[bool, typer.Option("--batch", help="the batch-scoring pipeline: --worklist, --scored-out, --model")] = False,
+    worklist: Annotated[str | None, typer.Option("--worklist", help="--batch: the worklist CSV (gs:// or a path)")] = None,
+    scored_out: Annotated[
+        str | None, typer.Option("--scored-out", help="--batch: where the scored worklist and its summary go (gs:// or a folder)")
+    ] = None,
+    model: Annotated[str | None, typer.Option("--model", help="--batch: MLflow model URI or gs:// model folder")] = None,
 ) -> None:
     """Run the whole pipeline here with kfp.local, on CPU: each step in this environment, or with
-    --runner docker in its own container of the project's image."""
+    --runner docker in its own container of the project's image. --batch: the batch-scoring one."""
     from boneage.orchestrate.kfp_runner import run_local
 
-    args = _pipeline_arguments(source, data_version, image_size, epochs, backbone, None, None, mlflow_uri, experiment)
+    if batch:
+        given = {"worklist_uri": worklist, "out_uri": scored_out, "model_uri": model, "mlflow_tracking_uri": mlflow_uri}
+        args = {k: v for k, v in {**given, "experiment": experiment}.items() if v is not None}
+    else:
+        args = _pipeline_arguments(source, data_version, image_size, epochs, backbone, None, None, mlflow_uri, experiment)
     result = run_local(
-        load_params(params, _overrides(set_)), args, pipeline_root, enable_caching=cache, runner=runner, image=image
+        load_params(params, _overrides(set_)), args, pipeline_root, enable_caching=cache, runner=runner, image=image, batch=batch
     )
     typer.echo(f"local pipeline run finished in {result.wall_seconds:.0f} s; artifacts under {result.pipeline_root}")
     if result.step_seconds:
@@ -401,6 +417,54 @@ def pipeline_submit(
         load_params(params), host, package, args, experiment=experiment, run_name=run_name, token=token, namespace=namespace
     )
     typer.echo(f"submitted run {result.run_id}: {result.run_url}")
+
+
+@serve_app.command("manifest")
+@friendly_errors
+def serve_manifest(
+    version: Annotated[str, typer.Option("--version", help="the registered version: a number or an alias")] = "champion",
+    name: Annotated[str | None, typer.Option("--name", help="registered model (default: mlflow.registered_model)")] = None,
+    canary: Annotated[
+        bool,
+        typer.Option(
+            "--canary", help="a challenger: kserve.canary_traffic_percent of the traffic when applied over the champion"
+        ),
+    ] = False,
+    out: out_option("where to write the InferenceService YAML") = Path("build/inferenceservice.yaml"),
+    params: ParamsOption = DEFAULT_PARAMS_PATH,
+    set_: SetOption = None,
+) -> None:
+    """Write the KServe InferenceService for a registered version (apply it with kubectl)."""
+    from boneage.orchestrate.kserve_manifest import write_manifest
+
+    loaded = load_params(params, _overrides(set_))
+    path, manifest = write_manifest(loaded, name or loaded.mlflow.registered_model, version, out, canary)
+    env = {e["name"]: e["value"] for e in manifest["spec"]["predictor"]["containers"][0]["env"]}
+    typer.echo(
+        f"InferenceService {manifest['metadata']['name']} for {env['BONEAGE_MODEL_NAME']} from {env['STORAGE_URI']} -> {path}"
+    )
+
+
+@app.command()
+@friendly_errors
+def monitor(
+    records: Annotated[str, typer.Option("--records", help="the servers' records: a folder or gs://bucket/prefix")],
+    model: Annotated[
+        str, typer.Option("--model", help="the served model: folder or MLflow model URI")
+    ] = "models:/boneage@champion",
+    since: Annotated[str | None, typer.Option("--since", help="window start, ISO time (UTC unless it names a zone)")] = None,
+    until: Annotated[str | None, typer.Option("--until", help="window end, ISO time (excluded)")] = None,
+    out: out_option("where to write monitor.html and monitor.json") = Path("reports/monitor"),
+    mlflow_log: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="log the report as an MLflow run")] = True,
+    params: ParamsOption = DEFAULT_PARAMS_PATH,
+) -> None:
+    """Compare a window of the servers' records with the model's validation films: the check's
+    scores, the predicted ages, the refusal rate and the share of films not upright. Exit status 0:
+    no alert; 3: an alert (each printed, and in the report); 4: too few films to judge."""
+    from boneage.serve.monitor_report import MonitorRequest, run_monitor
+
+    _, status = run_monitor(load_params(params), MonitorRequest(records, model, out, since, until, mlflow_log))
+    raise typer.Exit(code=status)
 
 
 ServicesRoot = Annotated[Path, typer.Option("--root", help="folder for the services' data, logs and state")]

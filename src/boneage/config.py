@@ -368,6 +368,64 @@ class KfpConfig(_Strict):
     gcs_secret: str | None = "gcs-credentials"
 
 
+class KserveConfig(_Strict):
+    """The InferenceService `boneage serve manifest` writes for a registered version (KServe's
+    custom-predictor form: the serving image runs boneage.serve.kserve_model, KServe's storage
+    initializer copies the version's files from storageUri to /mnt/models)."""
+
+    name: Annotated[str, Field(pattern=r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")] = "boneage"
+    namespace: str | None = None  # None: the namespace kubectl applies it in
+    image: str = "ghcr.io/boneage/boneage-serve:0.1.0"  # `make image-serve`
+    # The MLflow server's artifact destination (its --artifacts-destination): where a version whose
+    # source is mlflow-artifacts:/... lives in the bucket. A gs:// source is used as it is.
+    artifact_destination: str = "gs://boneage-mlflow/artifacts"
+    # A Kubernetes service account with read access to the bucket (KServe's storage initializer
+    # uses its credentials) and write access to the records sink.
+    service_account: str | None = "boneage-serving"
+    # Requests and limits of one replica. One replica scores on 2 cores; its resident memory while
+    # answering is in benchmarks/results.json "serving".
+    cpu: str = "2"
+    memory: str = "3Gi"
+    cpu_limit: str = "2"
+    memory_limit: str = "4Gi"
+    min_replicas: Annotated[int, Field(ge=0)] = 1
+    max_replicas: Annotated[int, Field(ge=1)] = 4
+    # Knative scales on in-flight requests per replica; one replica uses its 2 cores on one request.
+    scale_metric: Literal["concurrency", "rps", "cpu", "memory"] = "concurrency"
+    scale_target: Annotated[int, Field(ge=1)] = 2
+    # The share of traffic a challenger gets when its manifest is applied over the champion's.
+    canary_traffic_percent: Annotated[int, Field(ge=1, le=99)] = 10
+    # Where every replica writes its records for `boneage monitor` (None: no records).
+    records: str | None = "gs://boneage-monitoring/records"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8080
+
+
+class MonitorConfig(_Strict):
+    """How `boneage monitor` judges a window of records against the model's reference (see
+    boneage.serve.monitor)."""
+
+    # Family-wise false-alarm level of one window: split over its tests (Bonferroni).
+    alpha: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.001
+    # A distribution moved only when it also shifted by this much (Wasserstein distance in the
+    # reference's standard deviations).
+    min_shift_sd: Annotated[float, Field(gt=0.0)] = 0.25
+    # A window with fewer films is reported as not judged (exit status 4).
+    min_films: Annotated[int, Field(ge=10)] = 100
+
+
+class BatchConfig(_Strict):
+    """The batch-scoring pipeline (`boneage pipeline compile --batch`): a worklist cut into shards,
+    each scored by its own step on a CPU node."""
+
+    shard_films: Annotated[int, Field(ge=1)] = 2000
+    max_shards: Annotated[int, Field(ge=1)] = 64
+    shard_cpu: str = "2"
+    shard_memory: str = "4G"
+    # Scoring workers inside one shard's step (threads reading and preparing films).
+    shard_workers: Annotated[int, Field(ge=1)] = 2
+    pipeline_name: str = "boneage-batch"
+
+
 class Params(_Strict):
     seed: int = 42
     # The recipe: a preset's preprocess/model/train keys, under any that params.yaml sets itself.
@@ -379,6 +437,9 @@ class Params(_Strict):
     ensemble: EnsembleConfig = EnsembleConfig()
     mlflow: MlflowConfig = MlflowConfig()
     kfp: KfpConfig = KfpConfig()
+    kserve: KserveConfig = KserveConfig()
+    monitor: MonitorConfig = MonitorConfig()
+    batch: BatchConfig = BatchConfig()
 
     @model_validator(mode="after")
     def _members_are_valid_recipes(self) -> Params:

@@ -34,6 +34,8 @@ TARGET_FILE = "target.json"
 # the out-of-distribution check fitted on the training films (boneage.model.ood)
 OOD_FILE = "ood.npz"
 RUN_FILE = "run.json"
+# the validation films scored as a server scores them: what `boneage monitor` compares a window with
+MONITOR_REFERENCE_FILE = "monitor-reference.csv"
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_STATE_FILE = "state.json"
 # ensemble: each member's folder holds a train output plus its record (trained or failed, why,
@@ -46,6 +48,7 @@ PREDICTIONS_FILE = "predictions.csv"
 ERROR_BY_BAND_FILE = "error_by_band.csv"
 # register
 REGISTRY_FILE = "registry.json"
+MODEL_CARD_FILE = "model_card.md"
 # synth: the true (noise-free) ages; its presence marks a folder as the synthetic dataset
 SYNTHETIC_TRUTH_FILE = "synthetic-truth.csv"
 

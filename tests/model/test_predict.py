@@ -412,3 +412,25 @@ def test_the_model_carries_its_provenance(trained):
     run = client.get_run(trained.run_id)
     assert run.data.tags["provenance.dataset_kind"] == "synthetic"
     assert {d.dataset.name for d in run.inputs.dataset_inputs} == {"train films", "val films", "test films"}
+
+
+def test_register_writes_the_model_card_from_the_provenance_and_the_evaluation(trained, tmp_path):
+    """The card on the registered version and in model_card.md says what the model is for, what it
+    learned from (its provenance) and how it did (its evaluation), and is the same text in both."""
+    from mlflow import MlflowClient
+
+    from boneage.contracts import INTENDED_USE_NOTICE, MODEL_CARD_FILE
+    from boneage.training.evaluate import evaluate
+    from boneage.training.register import register
+
+    metrics = evaluate(trained.params, trained.data, trained.models, tmp_path / "reports", log_to_mlflow=False)
+    decision = register(trained.params, trained.models, tmp_path / "reports" / "metrics.json", tmp_path / "registry.json")
+    card = (tmp_path / MODEL_CARD_FILE).read_text()
+    provenance = trained.predictor.config.provenance
+    assert INTENDED_USE_NOTICE in card and "Not a medical device" in card
+    assert provenance["dataset_fingerprint"] in card and provenance["recipe_fingerprint"] in card
+    assert f"{provenance['films']['train']} training" in card and provenance["backbone"] in card
+    assert f"| all | {metrics['test']['n']} | {metrics['test']['mae']:.2f} |" in card
+    assert "synthetic" in card.split("## Known limitations")[1]  # a synthetic model says what it is
+    version = MlflowClient(trained.params.mlflow.tracking_uri).get_model_version(decision["model"], str(decision["version"]))
+    assert version.description == card

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -21,18 +22,21 @@ import yaml
 from boneage.config import Params
 from tests.conftest import small_recipe
 
-# InceptionV3 from random weights on 224 synthetic training films for 8 epochs, scored on the 96
-# validation and test films it never trained on: MAE / predict-the-mean over seeds 1-3 was 0.39,
-# 0.41 and 0.44 on an AMD EPYC (Zen 5); one film more or less moves it by 0.01. The limit leaves
-# that spread and more for other CPUs' numerics (an Intel Xeon with AMX landed 0.3 above an EPYC on
-# an earlier version of this test), and still fails a model that does not learn (about 1.0) or whose
-# inference-mode BatchNorm diverges (well above 1.0: the momentum-0.99 trap).
-LEARNED_MAE_RATIO = 0.75
-# A resumed run sees its data in another order after the resume than an uninterrupted one; over the
-# seeds measured its last epoch's training loss landed within 6% of the uninterrupted run's. A resume
-# that lost the optimizer's state restarts Adam's moments and step count: its step count is off by
-# the epochs before the kill, whatever the loss.
-RESUME_LOSS_TOLERANCE = 0.15
+# InceptionV3 from random weights on 224 synthetic training films for 8 epochs, scored on the 98
+# validation and test films it never trained on: MAE / predict-the-mean over seeds 1-4 was 0.60,
+# 0.51, 0.46 and 0.49 on an AMD EPYC (Zen 5), a spread of 0.15 (scratch measurement, 2026-12-01).
+# The limit sits that spread again above the worst seed, for other CPUs' numerics, and still fails a
+# model that does not learn (about 1.0) or whose inference-mode BatchNorm diverges (well above 1.0:
+# the momentum-0.99 trap).
+LEARNED_MAE_RATIO = 0.80
+# A resumed run sees its data in another order after the resume than an uninterrupted one. Over seeds
+# 1-4 (scratch measurement, 2026-12-01) the gap between the two runs' last-epoch losses was 2.1%,
+# 0.1%, 5.1% and 7.4% of what the uninterrupted run gained from its first epoch to its last (as a
+# share of the loss itself, 9%, 1%, 24% and 23%: too noisy near zero to test). A resume that came
+# back with fresh weights ends near a 2-epoch loss, 25-30% of the gain away. A resume that lost the
+# optimizer's state restarts Adam's moments and step count: its step count is off by the epochs
+# before the kill, whatever the loss.
+RESUME_GAP_OF_GAIN = 0.15
 
 
 def mechanics_recipe(tmp: Path, **train) -> Params:
@@ -96,8 +100,9 @@ def test_kill_9_mid_training_resumes_from_the_last_checkpoint(trained_small, tmp
     )
     assert straight.returncode == 0, straight.stderr[-2000:]
     assert _optimizer_steps(tmp_path / "models") == _optimizer_steps(tmp_path / "straight") == 4 * 30
-    reference = pd.read_csv(tmp_path / "straight" / "history.csv")["loss"].iloc[-1]
-    assert history["loss"].iloc[-1] == pytest.approx(reference, rel=RESUME_LOSS_TOLERANCE)
+    straight_loss = pd.read_csv(tmp_path / "straight" / "history.csv")["loss"]
+    gain = straight_loss.iloc[0] - straight_loss.iloc[-1]
+    assert abs(history["loss"].iloc[-1] - straight_loss.iloc[-1]) < RESUME_GAP_OF_GAIN * gain
 
 
 def _optimizer_steps(model_dir: Path) -> int:
@@ -226,3 +231,26 @@ def _train_command(raw: dict, data: Path, tmp_path: Path, out: str) -> list[str]
         "--params",
         str(params_path),
     ]
+
+
+def test_a_budget_moves_the_end_earlier_when_epochs_slow_down(monkeypatch, capsys):
+    import mlflow
+
+    from boneage.training.train import _Budget, _Plan
+
+    clock = iter([10.0, 20.0, 40.0, 60.0, 80.0])
+    monkeypatch.setattr("boneage.training.train.time.monotonic", lambda: next(clock))
+    monkeypatch.setattr(mlflow, "set_tags", lambda tags: None)
+    plan = _Plan(first=0, end=100, steps_per_epoch=10)
+    budget = _Budget(plan, budget_seconds=100.0, started=0.0)
+    budget.set_model(SimpleNamespace(stop_training=False))
+    budget.on_epoch_end(0)
+    budget.on_epoch_end(1)
+    # 10 s an epoch with 80 s of the budget left: 8 more after the second.
+    assert plan.end == 10
+    for epoch in (2, 3):
+        budget.on_epoch_end(epoch)
+    # Then 20 s an epoch: at 60 s, 40 s left fit 2 more (end 6), not the 6 more the first pace promised.
+    assert plan.end == 6
+    budget.on_epoch_end(4)
+    assert plan.end == 6 and "slower now" in capsys.readouterr().err

@@ -52,6 +52,14 @@ def client():
         ) from None
 
 
+def fsspec_options(url: str) -> dict:
+    """What fsspec needs to open ``url``: anonymous access for gs:// against an emulator (gcsfs would
+    otherwise probe for credentials, and wait on a metadata server that is not there); nothing else."""
+    if url.startswith("gs://") and os.environ.get(EMULATOR_ENV):
+        return {"token": "anon"}
+    return {}
+
+
 def retry_policy(deadline_seconds: float):
     """Exponential backoff on 429, 5xx, connection errors and timeouts, up to ``deadline_seconds``."""
     from google.cloud.storage.retry import DEFAULT_RETRY

@@ -231,15 +231,26 @@ def render(bone_age_months: float, male: bool, size: int, rng: np.random.Generat
 
 
 def render_with(bone_age_months: float, male: bool, size: int, nz: Nuisance) -> tuple[np.ndarray, HandGeometry]:
+    """One film of a hand at ``bone_age_months`` (``male``: the maturity that age means for a boy),
+    ``size`` px high, with the nuisance ``nz``: the anatomy drawn in hand units, placed on the film,
+    then composed with everything that is not anatomy. Returns uint8 pixels and what was drawn."""
     t = maturity_years(bone_age_months, male)
-    # Density and proportions keep maturing to the end of the RSNA range (19 years), so the
-    # oldest films are not all alike.
-    mature = _ramp(t, 0.0, MAX_MATURITY_YEARS)
     height, width = size, max(16, int(round(size * nz.aspect)))
     hand_length = HAND_LENGTH_GROWTH[0] + (HAND_LENGTH_GROWTH[1] - HAND_LENGTH_GROWTH[0]) * _ramp(t, 0.0, MAX_MATURITY_YEARS)
     geo = HandGeometry(maturity_years=t, hand_length=hand_length)
+    canvas = _placed_canvas(nz, height, width, hand_length)
+    bones = _Bones.at(t)
+    geo.bone_density, geo.cortical_contrast, geo.ossified_length = bones.density, bones.cortex, bones.ossified_length
+    _draw_forearm_and_carpals(canvas, bones, geo)
+    ep_stats = _draw_rays(canvas, bones, nz, geo)
+    if ep_stats:
+        geo.epiphysis_width_ratio = float(np.mean([r for r, _ in ep_stats]))
+        geo.physis_gap = float(np.mean([g for _, g in ep_stats]))
+    return _film(canvas, nz, height, width), geo
 
-    # Hand units -> pixels: y flips (fingers up), scale to the film, rotate about the film centre.
+
+def _placed_canvas(nz: Nuisance, height: int, width: int, hand_length: float) -> _Canvas:
+    """Hand units -> pixels: y flips (fingers up), scale to the film, rotate about the film centre."""
     px_per_unit = height * 0.80 * nz.hand_scale * hand_length
     wrist = np.array([width * (0.5 + nz.shift[0]), height * (0.84 + nz.shift[1])])
     angle = math.radians(nz.rotation_deg)
@@ -247,49 +258,49 @@ def render_with(bone_age_months: float, male: bool, size: int, nz: Nuisance) -> 
     linear = rot @ np.array([[px_per_unit, 0.0], [0.0, -px_per_unit]])
     centre = np.array([width / 2, height / 2])
     offset = rot @ (wrist - centre) + centre
-    canvas = _Canvas(height, width, np.hstack([linear, offset[:, None]]))
+    return _Canvas(height, width, np.hstack([linear, offset[:, None]]))
 
-    density = 0.30 + 0.32 * mature
-    cortex = 0.05 + 0.12 * mature
-    geo.bone_density, geo.cortical_contrast = density, cortex
-    bone_width_factor = 0.55 + 0.45 * mature  # bony core within the soft tissue
-    ossified_length = 0.72 + 0.28 * mature  # ossified share of each segment
-    geo.ossified_length = ossified_length
-    tissue = 0.32
 
-    # Forearm and palm soft tissue.
-    canvas.polygon(
-        canvas.tissue,
-        [
-            (-0.20, -0.9),
-            (0.20, -0.9),
-            (0.20, 0.0),
-            (0.25, 0.12),
-            (0.21, 0.30),
-            (0.16, 0.45),
-            (-0.17, 0.42),
-            (-0.21, 0.20),
-            (-0.19, 0.0),
-        ],
-        tissue,
-    )
-    # Radius (thumb side) and ulna: epiphyses at their distal ends.
-    ep_stats: list[tuple[float, float]] = []
+@dataclass(frozen=True)
+class _Bones:
+    """How mature the skeleton looks at maturity ``t`` years. Density and proportions keep maturing
+    to the end of the RSNA range (19 years), so the oldest films are not all alike."""
+
+    t: float
+    density: float
+    cortex: float
+    width_factor: float  # bony core within the soft tissue
+    ossified_length: float  # ossified share of each segment
+    tissue: float = 0.32
+
+    @classmethod
+    def at(cls, t: float) -> _Bones:
+        mature = _ramp(t, 0.0, MAX_MATURITY_YEARS)
+        return cls(t, 0.30 + 0.32 * mature, 0.05 + 0.12 * mature, 0.55 + 0.45 * mature, 0.72 + 0.28 * mature)
+
+
+def _draw_forearm_and_carpals(canvas: _Canvas, bones: _Bones, geo: HandGeometry) -> None:
+    """The forearm's and palm's soft tissue, the radius and ulna with their distal epiphyses, and the
+    carpals that have ossified by now, in the order they do."""
+    outline = [(-0.20, -0.9), (0.20, -0.9), (0.20, 0.0), (0.25, 0.12), (0.21, 0.30), (0.16, 0.45), (-0.17, 0.42), (-0.21, 0.20), (-0.19, 0.0)]
+    canvas.polygon(canvas.tissue, outline, bones.tissue)
     for x, w, kind in ((0.075, 0.115, "radius"), (-0.105, 0.075, "ulna")):
-        _bone_with_epiphysis(canvas, (x, -0.9), (x, -0.035), w * bone_width_factor, t, kind, False, density, cortex, [])
-    # Carpals, in the order they ossify.
+        _bone_with_epiphysis(canvas, (x, -0.9), (x, -0.035), w * bones.width_factor, bones.t, kind, False, bones.density, bones.cortex, [])
     for name, onset, radius, centre in CARPALS:
-        if t >= onset:
-            r = radius * (0.2 + 0.8 * _ramp(t, onset, onset + CARPAL_GROWTH_YEARS) ** 0.8)
-            canvas.disc(canvas.bone, centre, r, density, aspect=0.85)
-            canvas.disc(canvas.bone, centre, r * 0.6, -cortex * 0.5, aspect=0.85)
+        if bones.t >= onset:
+            r = radius * (0.2 + 0.8 * _ramp(bones.t, onset, onset + CARPAL_GROWTH_YEARS) ** 0.8)
+            canvas.disc(canvas.bone, centre, r, bones.density, aspect=0.85)
+            canvas.disc(canvas.bone, centre, r * 0.6, -bones.cortex * 0.5, aspect=0.85)
             geo.carpals_visible.append(name)
             geo.carpal_area += math.pi * r * r * 0.85
 
-    # Rays: metacarpal then phalanges, fanned by the finger spread.
+
+def _draw_rays(canvas: _Canvas, bones: _Bones, nz: Nuisance, geo: HandGeometry) -> list[tuple[float, float]]:
+    """Each ray, metacarpal then phalanges, fanned by the finger spread, with the soft tissue hugging
+    its bones; the phalanges' (epiphysis width ratio, physis gap)."""
+    ep_stats: list[tuple[float, float]] = []
     for ray_index, (bx, by, mean_angle, lengths, base_width) in enumerate(RAYS):
-        angle_deg = mean_angle * nz.spread + nz.finger_jitter[ray_index]
-        theta = math.radians(angle_deg)
+        theta = math.radians(mean_angle * nz.spread + nz.finger_jitter[ray_index])
         direction = np.array([math.sin(theta), math.cos(theta)])
         point = np.array([bx, by])
         finger_pts = []
@@ -297,30 +308,24 @@ def render_with(bone_age_months: float, male: bool, size: int, nz: Nuisance) -> 
             if bone_len == 0.0:  # the thumb has no middle phalanx
                 continue
             tissue_width = base_width * PHALANX_WIDTH_TAPER[bone_index] * 1.4 + 0.035
-            width_here = base_width * PHALANX_WIDTH_TAPER[bone_index] * bone_width_factor
+            width_here = base_width * PHALANX_WIDTH_TAPER[bone_index] * bones.width_factor
             end = point + direction * bone_len
             finger_pts.append((point, end, tissue_width))
-            cartilage = direction * bone_len * (1.0 - ossified_length) / 2
+            cartilage = direction * bone_len * (1.0 - bones.ossified_length) / 2
             is_metacarpal = bone_index == 0
-            is_thumb = ray_index == 4
             # Metacarpals 2-5 carry their epiphysis distally; the thumb's and all phalanges' proximally.
-            at_start = not is_metacarpal or is_thumb
+            at_start = not is_metacarpal or ray_index == 4
             kind = "metacarpal" if is_metacarpal else "phalanx"
             acc = ep_stats if not is_metacarpal else []
-            _bone_with_epiphysis(canvas, point + cartilage, end - cartilage, width_here, t, kind, at_start, density, cortex, acc)
+            _bone_with_epiphysis(
+                canvas, point + cartilage, end - cartilage, width_here, bones.t, kind, at_start, bones.density, bones.cortex, acc
+            )
             if ray_index == 2 and bone_index == 1:
                 geo.bone_fill = width_here / tissue_width
             point = end + direction * JOINT_GAP
-        # Finger soft tissue hugs the bones.
         for a, b, w in finger_pts:
-            canvas.capsule(canvas.tissue, a, b + direction * 0.015, w, tissue)
-
-    if ep_stats:
-        geo.epiphysis_width_ratio = float(np.mean([r for r, _ in ep_stats]))
-        geo.physis_gap = float(np.mean([g for _, g in ep_stats]))
-
-    image = _film(canvas, nz, height, width)
-    return image, geo
+            canvas.capsule(canvas.tissue, a, b + direction * 0.015, w, bones.tissue)
+    return ep_stats
 
 
 def _film(canvas: _Canvas, nz: Nuisance, height: int, width: int) -> np.ndarray:

@@ -202,11 +202,20 @@ class OodCheck:
             "orientation": self.orientation.score(signatures) if orientation is None else orientation,
         }
 
+    def part_ratios(self, features: np.ndarray, images: np.ndarray, orientation: np.ndarray | None = None) -> np.ndarray:
+        """[inputs, PARTS]: each score as a multiple of its threshold."""
+        raw = self.raw_scores(features, images, orientation)
+        return np.stack([raw[p] / self.thresholds[p] for p in PARTS], axis=1)
+
     def judge(self, features: np.ndarray, images: np.ndarray, orientation: np.ndarray | None = None):
         """Per input: its largest score as a multiple of that score's threshold (above 1: refused),
         and the reason it is refused (None when it passes). The signatures are computed once."""
-        raw = self.raw_scores(features, images, orientation)
-        ratios = np.stack([raw[p] / self.thresholds[p] for p in PARTS])
+        return self.verdicts(self.part_ratios(features, images, orientation))
+
+    @staticmethod
+    def verdicts(part_ratios: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
+        """From each input's part ratios: its largest, and the reason it is refused (None: it passes)."""
+        ratios = np.asarray(part_ratios).T
         worst, largest = ratios.argmax(axis=0), ratios.max(axis=0)
         reasons = [
             None
@@ -281,6 +290,7 @@ class Assessment:
     reasons: list[str | None]
     views: np.ndarray
     images: np.ndarray
+    part_ratios: np.ndarray | None = None  # [inputs, PARTS]: each score as a multiple of its threshold
 
 
 def score_checked(scorer, check: OodCheck, inputs: dict) -> Assessment:
@@ -290,8 +300,9 @@ def score_checked(scorer, check: OodCheck, inputs: dict) -> Assessment:
 
     upright, views, orientation = check.upright(inputs[IMAGE_INPUT])
     months, features = scorer.predict_on_batch({**inputs, IMAGE_INPUT: upright})
-    ratios, reasons = check.judge(features, upright, orientation)
-    return Assessment(np.asarray(months).reshape(-1), ratios, reasons, views, upright)
+    parts = check.part_ratios(features, upright, orientation)
+    ratios, reasons = check.verdicts(parts)
+    return Assessment(np.asarray(months).reshape(-1), ratios, reasons, views, upright, parts)
 
 
 def fit(train: FitData, val: FitData, cfg: OodConfig) -> OodCheck:

@@ -10,18 +10,21 @@ from pathlib import Path
 from boneage.config import Params
 from boneage.data.sources import resolve_source
 from boneage.errors import BoneageError
+from boneage.orchestrate.batch_pipeline import build_batch
 from boneage.orchestrate.pipeline import build
 
 DEFAULT_PACKAGE = Path("build/boneage-pipeline.yaml")
+DEFAULT_BATCH_PACKAGE = Path("build/boneage-batch-pipeline.yaml")
 LOCAL_ROOT = Path("local_outputs")
 
 
-def compile_pipeline(params: Params, package_path: Path = DEFAULT_PACKAGE) -> Path:
+def compile_pipeline(params: Params, package_path: Path = DEFAULT_PACKAGE, batch: bool = False) -> Path:
+    """The training pipeline (or with ``batch`` the batch-scoring one) compiled to a YAML package."""
     from kfp import compiler
 
     package_path = Path(package_path)
     package_path.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build(params), package_path=str(package_path))
+    compiler.Compiler().compile(build_batch(params) if batch else build(params), package_path=str(package_path))
     return package_path
 
 
@@ -122,38 +125,31 @@ def run_local(
     enable_caching: bool = False,
     runner: str = "subprocess",
     image: str | None = None,
+    batch: bool = False,
 ) -> LocalRun:
     """The whole pipeline with kfp.local, with artifacts as folders under ``pipeline_root``: the same
     components as on a cluster, each step in this Python environment (``subprocess``) or in its own
     container of the project's ``image`` (``docker``; every step, training included, in that one
-    CPU image)."""
+    CPU image). ``batch``: the batch-scoring pipeline (its arguments name the worklist, the model
+    and where the outputs go)."""
     from kfp import local
 
     if runner not in RUNNERS:
         raise BoneageError(f"runner {runner!r}: expected one of {', '.join(RUNNERS)}")
     arguments = dict(arguments or {})
-    source = arguments.get("source_uri") or params.data.source
-    if "://" not in source:
-        # A local folder (the embedded default is generated here, once) goes to ingest as an absolute path.
-        source = str(Path(resolve_source(params, source)).resolve())
-    arguments["source_uri"] = source
-    if runner == "docker":
-        from boneage.tracking import tracking_uri
-
-        store = arguments.get("mlflow_tracking_uri") or tracking_uri(params)
-        if not store.startswith(("http://", "https://")):
-            raise BoneageError(
-                f"the docker runner logs to an MLflow server, and {store} is not one (each step's container has "
-                'its own files); start one with `make services` and `eval "$(boneage services env)"`, or pass --mlflow-uri'
-            )
-        image = image or params.kfp.cpu_image
-        task_runner = docker_runner(image, source)
-        # Kubernetes secrets do not exist here: the containers get the credentials from this environment.
-        local_kfp = params.kfp.model_copy(update={"image": image, "cpu_image": image, "gcs_secret": None})
-        params = params.model_copy(update={"kfp": local_kfp})
+    if batch:
+        missing = [k for k in ("worklist_uri", "out_uri") if not arguments.get(k)]
+        if missing:
+            raise BoneageError(f"the batch pipeline needs {' and '.join(missing)} (--worklist, --out)")
+        source = arguments["worklist_uri"]
     else:
-        task_runner = local.SubprocessRunner(use_venv=False)
-    pipeline = build(params, local=True)
+        source = arguments.get("source_uri") or params.data.source
+        if "://" not in source:
+            # A local folder (the embedded default is generated here, once) goes to ingest as an absolute path.
+            source = str(Path(resolve_source(params, source)).resolve())
+        arguments["source_uri"] = source
+    task_runner, params = _task_runner(params, arguments, runner, image, source)
+    pipeline = build_batch(params) if batch else build(params, local=True)
     root = Path(pipeline_root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     local.init(runner=task_runner, pipeline_root=str(root), raise_on_error=True, enable_caching=enable_caching)
@@ -172,6 +168,26 @@ def run_local(
         step_seconds=step_work_seconds(this_run[0]) if len(this_run) == 1 else {},
         step_usage=step_usage(this_run[0]) if len(this_run) == 1 else {},
     )
+
+
+def _task_runner(params: Params, arguments: dict, runner: str, image: str | None, source: str):
+    """kfp.local's runner, and the params the pipeline is built with (the docker runner runs every
+    step in one image and passes credentials from this environment, not Kubernetes secrets)."""
+    from kfp import local
+
+    if runner != "docker":
+        return local.SubprocessRunner(use_venv=False), params
+    from boneage.tracking import tracking_uri
+
+    store = arguments.get("mlflow_tracking_uri") or tracking_uri(params)
+    if not store.startswith(("http://", "https://")):
+        raise BoneageError(
+            f"the docker runner logs to an MLflow server, and {store} is not one (each step's container has "
+            'its own files); start one with `make services` and `eval "$(boneage services env)"`, or pass --mlflow-uri'
+        )
+    image = image or params.kfp.cpu_image
+    local_kfp = params.kfp.model_copy(update={"image": image, "cpu_image": image, "gcs_secret": None})
+    return docker_runner(image, source), params.model_copy(update={"kfp": local_kfp})
 
 
 def _kfp_error(host: str, exc: Exception | None = None, status: int | None = None) -> BoneageError:

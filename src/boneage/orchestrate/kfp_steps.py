@@ -182,3 +182,49 @@ def register(params: Params, model_dir: str | Path, evaluation_dir: str | Path, 
         f"**{decision['alias']}**: {decision['reason']}.\n\n```json\n{json.dumps(decision, indent=2)}\n```\n"
     )
     return StepOutcome(md, {k: v for k, v in decision.items() if v is not None}, run_id=run_id)
+
+
+# --- The batch-scoring pipeline (boneage.orchestrate.batch_pipeline) ---------------------------
+@_timed
+def batch_split(params: Params, worklist_uri: str, out_dir: str | Path) -> StepOutcome:
+    from boneage.serve.batch import split_worklist
+
+    names = split_worklist(worklist_uri, Path(out_dir), params.batch.shard_films, params.batch.max_shards)
+    md = f"# Split\n\n`{worklist_uri}` cut into **{len(names)}** shards of at most {params.batch.shard_films} rows.\n"
+    return StepOutcome(md, {"shards": len(names), "names": names})
+
+
+@_timed
+def batch_score(params: Params, model_uri: str, shards_dir: str | Path, shard: str, out_dir: str | Path) -> StepOutcome:
+    from boneage.serve.batch import SCORED_FILE, score_shard
+    from boneage.serve.predict import Predictor
+
+    predictor = Predictor.load(model_uri)
+    result = score_shard(predictor, Path(shards_dir) / shard, Path(out_dir) / SCORED_FILE, params.batch.shard_workers)
+    md = (
+        f"# Score {shard}\n\n{result.rows} rows, {result.rejected} rejected, "
+        f"{result.films_per_second:.1f} films/s with `{model_uri}`.\n"
+    )
+    meta = {"shard": shard, "rows": result.rows, "rejected": result.rejected, "films_per_second": result.films_per_second}
+    return StepOutcome(md, meta)
+
+
+@_timed
+def batch_merge(params: Params, worklist_uri: str, model_uri: str, scored_dirs: list[str | Path], out_uri: str) -> StepOutcome:
+    from boneage.serve.batch import SCORED_FILE, log_batch_run, merge_scored, summarise, write_outputs
+
+    start = time.perf_counter()
+    table, missing = merge_scored(worklist_uri, [Path(d) / SCORED_FILE for d in scored_dirs])
+    summary = summarise(table, worklist_uri, model_uri, len(scored_dirs), missing)
+    outputs = write_outputs(table, summary, out_uri)
+    run_id = log_batch_run(params, summary, outputs, time.perf_counter() - start)
+    if missing:
+        raise BoneageError(f"{len(missing)} worklist rows came back from no shard (lines {missing[:10]}...); see {outputs[1]}")
+    reasons = "".join(f"\n- {n} × {why}" for why, n in summary.reasons.items())
+    md = (
+        f"# Merge\n\n**{summary.rows}** rows: {summary.scored} scored, {summary.rejected} rejected.{reasons}\n\n"
+        f"Scored worklist: `{outputs[0]}`; summary: `{outputs[1]}`; MLflow run `{run_id}`.\n"
+    )
+    counts = {"rows": summary.rows, "scored": summary.scored, "rejected": summary.rejected}
+    metrics = {k: float(v) for k, v in counts.items()}
+    return StepOutcome(md, {**counts, "scored_worklist": outputs[0]}, run_id=run_id, metrics=metrics)

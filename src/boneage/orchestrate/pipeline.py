@@ -9,6 +9,7 @@ same typed config as `dvc repro` does. Compile, run and submit with `boneage pip
 """
 
 import json
+from types import SimpleNamespace
 
 from kfp import dsl, kubernetes
 
@@ -26,7 +27,7 @@ def _sized(task, params: Params, step: str):
     return task.set_cpu_request(size.cpu).set_memory_request(size.memory)
 
 
-def _network_step(task, params: Params, retries: int | None = None):
+def network_step(task, params: Params, retries: int | None = None):
     """Retries with backoff, and the credentials for GCS and MLflow."""
     cfg = params.kfp
     task.set_retry(cfg.retries if retries is None else retries, backoff_duration=cfg.retry_backoff, backoff_factor=2)
@@ -83,73 +84,89 @@ def build(params: Params, local: bool = False):
         params_yaml: str = params_text,
         members: list = ensemble_members,
     ):
-        ingest = steps.ingest(params_yaml=params_yaml, source_uri=source_uri, data_version=data_version)
-        _sized(_network_step(ingest, params), params, "ingest").set_display_name("ingest")
-
-        preprocess = steps.preprocess(params_yaml=params_yaml, image_size=image_size, raw=ingest.outputs["dataset"])
-        _sized(preprocess, params, "preprocess").set_display_name("preprocess")
-
-        if ensemble_members:
-            with dsl.ParallelFor(members, name="members") as member:
-                trained = steps.member(
-                    params_yaml=params_yaml,
-                    members=members,
-                    member=member,
-                    image_size=image_size,
-                    epochs=epochs,
-                    mlflow_tracking_uri=mlflow_tracking_uri,
-                    experiment=experiment,
-                    data=preprocess.outputs["tfrecords"],
-                )
-                # A retried pod resumes from the checkpoint in its artifact; a member whose training
-                # keeps failing records why there and ends, so that the others still make an ensemble.
-                member_gpu = (cfg.gpu_type, cfg.gpu_count) if local else (gpu_type, gpu_count)
-                _on_gpu_node(_network_step(trained, params, retries=1), params, *member_gpu).set_display_name("member")
-            model_step = steps.ensemble(
-                params_yaml=params_yaml,
-                members=members,
-                image_size=image_size,
-                mlflow_tracking_uri=mlflow_tracking_uri,
-                experiment=experiment,
-                data=preprocess.outputs["tfrecords"],
-                member_models=dsl.Collected(trained.outputs["model"]),
-            )
-            _sized(_network_step(model_step, params), params, "ensemble").set_display_name("ensemble")
-        else:
-            model_step = steps.train(
-                params_yaml=params_yaml,
-                image_size=image_size,
-                epochs=epochs,
-                backbone=backbone,
-                mlflow_tracking_uri=mlflow_tracking_uri,
-                experiment=experiment,
-                data=preprocess.outputs["tfrecords"],
-            )
-            # A retried training pod resumes from the checkpoint in its model artifact.
-            _on_gpu_node(_network_step(model_step, params, retries=1), params, gpu_type, gpu_count).set_display_name("train")
-
-        evaluate = steps.evaluate(
-            params_yaml=params_yaml,
-            image_size=image_size,
-            mlflow_tracking_uri=mlflow_tracking_uri,
-            experiment=experiment,
-            mlflow_run_id=model_step.outputs["Output"],
-            data=preprocess.outputs["tfrecords"],
-            model=model_step.outputs["model"],
+        run = SimpleNamespace(**locals())
+        data = _data(steps, params, run)
+        gpu = (cfg.gpu_type, cfg.gpu_count) if local else (gpu_type, gpu_count)
+        model_step = (
+            _members_then_ensemble(steps, params, run, data, gpu) if ensemble_members else _train(steps, params, run, data)
         )
-        _sized(_network_step(evaluate, params), params, "evaluate").set_display_name("evaluate")
-
-        # The registry decision depends on the champion at the time: never served from the cache.
-        register = steps.register(
-            params_yaml=params_yaml,
-            source_uri=source_uri,
-            mlflow_tracking_uri=mlflow_tracking_uri,
-            experiment=experiment,
-            mlflow_run_id=model_step.outputs["Output"],
-            model=model_step.outputs["model"],
-            evaluation=evaluate.outputs["evaluation"],
-        )
-        _sized(_network_step(register, params), params, "register").set_display_name("register")
-        register.set_caching_options(enable_caching=False)
+        _evaluate_and_register(steps, params, run, data, model_step)
 
     return boneage_pipeline
+
+
+def _data(steps, params: Params, run):
+    """ingest -> preprocess; the preprocessed TFRecords."""
+    ingest = steps.ingest(params_yaml=run.params_yaml, source_uri=run.source_uri, data_version=run.data_version)
+    _sized(network_step(ingest, params), params, "ingest").set_display_name("ingest")
+    preprocess = steps.preprocess(params_yaml=run.params_yaml, image_size=run.image_size, raw=ingest.outputs["dataset"])
+    _sized(preprocess, params, "preprocess").set_display_name("preprocess")
+    return preprocess.outputs["tfrecords"]
+
+
+def _members_then_ensemble(steps, params: Params, run, data, gpu):
+    """A ParallelFor of members, each on its own GPU node, then the ensemble of those that finished."""
+    with dsl.ParallelFor(run.members, name="members") as member:
+        trained = steps.member(
+            params_yaml=run.params_yaml,
+            members=run.members,
+            member=member,
+            image_size=run.image_size,
+            epochs=run.epochs,
+            mlflow_tracking_uri=run.mlflow_tracking_uri,
+            experiment=run.experiment,
+            data=data,
+        )
+        # A retried pod resumes from the checkpoint in its artifact; a member whose training keeps
+        # failing records why there and ends, so that the others still make an ensemble.
+        _on_gpu_node(network_step(trained, params, retries=1), params, *gpu).set_display_name("member")
+    ensemble = steps.ensemble(
+        params_yaml=run.params_yaml,
+        members=run.members,
+        image_size=run.image_size,
+        mlflow_tracking_uri=run.mlflow_tracking_uri,
+        experiment=run.experiment,
+        data=data,
+        member_models=dsl.Collected(trained.outputs["model"]),
+    )
+    return _sized(network_step(ensemble, params), params, "ensemble").set_display_name("ensemble")
+
+
+def _train(steps, params: Params, run, data):
+    """One model on a GPU node; a retried training pod resumes from the checkpoint in its artifact."""
+    train = steps.train(
+        params_yaml=run.params_yaml,
+        image_size=run.image_size,
+        epochs=run.epochs,
+        backbone=run.backbone,
+        mlflow_tracking_uri=run.mlflow_tracking_uri,
+        experiment=run.experiment,
+        data=data,
+    )
+    return _on_gpu_node(network_step(train, params, retries=1), params, run.gpu_type, run.gpu_count).set_display_name("train")
+
+
+def _evaluate_and_register(steps, params: Params, run, data, model_step) -> None:
+    """evaluate into the model's MLflow run, then register (never cached: the decision depends on
+    the champion of the moment)."""
+    evaluate = steps.evaluate(
+        params_yaml=run.params_yaml,
+        image_size=run.image_size,
+        mlflow_tracking_uri=run.mlflow_tracking_uri,
+        experiment=run.experiment,
+        mlflow_run_id=model_step.outputs["Output"],
+        data=data,
+        model=model_step.outputs["model"],
+    )
+    _sized(network_step(evaluate, params), params, "evaluate").set_display_name("evaluate")
+    register = steps.register(
+        params_yaml=run.params_yaml,
+        source_uri=run.source_uri,
+        mlflow_tracking_uri=run.mlflow_tracking_uri,
+        experiment=run.experiment,
+        mlflow_run_id=model_step.outputs["Output"],
+        model=model_step.outputs["model"],
+        evaluation=evaluate.outputs["evaluation"],
+    )
+    _sized(network_step(register, params), params, "register").set_display_name("register")
+    register.set_caching_options(enable_caching=False)

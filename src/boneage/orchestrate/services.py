@@ -30,6 +30,9 @@ PG_USER = "boneage"
 PG_DATABASE = "mlflow"
 MLFLOW_ADMIN = "admin"
 ARTIFACT_BUCKET = "mlflow-artifacts"
+# Where the MLflow server keeps the files it proxies as mlflow-artifacts:/ (kserve.artifact_destination
+# for a manifest written against this stack).
+ARTIFACT_DESTINATION = f"gs://{ARTIFACT_BUCKET}/mlflow"
 DATA_BUCKET = "boneage-data"
 PASSWORD_ENV = "MLFLOW_TRACKING_PASSWORD"
 STATE_FILE = "services.json"
@@ -253,7 +256,7 @@ def _start_mlflow(root: Path, stack: Stack) -> int:
             "--backend-store-uri",
             stack.postgres_uri,
             "--artifacts-destination",
-            f"gs://{ARTIFACT_BUCKET}/mlflow",
+            ARTIFACT_DESTINATION,
             "--serve-artifacts",
             "--app-name",
             "basic-auth",

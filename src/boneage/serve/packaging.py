@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from boneage.contracts import MODEL_FILE, OOD_FILE, PREDICTOR_FILE
+from boneage.contracts import MODEL_FILE, MONITOR_REFERENCE_FILE, OOD_FILE, PREDICTOR_FILE
 
 
 def boneage_version() -> str:
@@ -49,6 +49,11 @@ def log_scoring_model(predict_model, out_dir: Path, size: int, provenance: dict)
             "keras_model": str(out_dir / MODEL_FILE),
             "predictor_config": str(out_dir / PREDICTOR_FILE),
             **({"ood_check": str(out_dir / OOD_FILE)} if (out_dir / OOD_FILE).is_file() else {}),
+            **(
+                {"monitor_reference": str(out_dir / MONITOR_REFERENCE_FILE)}
+                if (out_dir / MONITOR_REFERENCE_FILE).is_file()
+                else {}
+            ),
         },
         pip_requirements=[*requirements, f"boneage=={boneage_version()}"],
         metadata={"boneage_provenance": provenance},  # travels with the model to serving and the cluster

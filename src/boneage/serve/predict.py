@@ -22,9 +22,10 @@ from boneage.contracts import (
     parse_optional_age,
     parse_sex,
 )
-from boneage.data.imaging import IMAGE_SUFFIXES, Radiograph, describe_view, read_radiograph
+from boneage.data.gcs import fsspec_options
+from boneage.data.imaging import IMAGE_SUFFIXES, Radiograph, describe_view, read_radiograph, read_radiograph_bytes
 from boneage.errors import BadInputError, BoneageError
-from boneage.model.ood import Assessment, OodCheck, score_checked, scoring_model
+from boneage.model.ood import PARTS, Assessment, OodCheck, score_checked, scoring_model
 from boneage.model.predictor_config import PredictorConfig
 from boneage.serve.standards import assess
 
@@ -59,6 +60,8 @@ class Prediction:
     # How the film arrived when it was not upright ("turned 90° clockwise", "mirrored ..."): it was
     # put upright before it was scored (boneage.model.ood). None: upright, or a model without a check.
     orientation: str | None = None
+    # Each of the check's scores as a multiple of its threshold (what the monitor watches).
+    ood_parts: dict[str, float] | None = None
     box: tuple[int, int, int, int] | None = None
     prepared: np.ndarray | None = field(default=None, repr=False)
 
@@ -84,32 +87,17 @@ class Predictor:
 
     @classmethod
     def load(cls, where: str) -> Predictor:
-        """A training output folder, or an MLflow model URI (models:/boneage@champion, runs:/...)."""
-        if "://" in where or where.startswith("models:/") or where.startswith("runs:/"):
-            return cls._from_mlflow(where)
-        folder = Path(where)
-        if folder.is_file():
-            folder = folder.parent
-        ood = folder / OOD_FILE
-        return cls.from_files(folder / MODEL_FILE, folder / PREDICTOR_FILE, ood if ood.is_file() else None)
+        """A training output folder, an MLflow model's folder (its files under artifacts/), or an
+        MLflow model URI (models:/boneage@champion, runs:/...)."""
+        return cls.from_folder(model_folder(where), where)
 
     @classmethod
-    def _from_mlflow(cls, uri: str) -> Predictor:
-        import mlflow
-        from mlflow.exceptions import MlflowException
-
-        try:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
-        except (MlflowException, OSError) as exc:
-            raise BoneageError(
-                f"{uri}: cannot fetch the model from MLflow ({mlflow.get_tracking_uri()}): {str(exc).splitlines()[0]}"
-            ) from None
-        models = list(local.rglob(MODEL_FILE))
-        configs = list(local.rglob(PREDICTOR_FILE))
-        if not models or not configs:
-            raise BoneageError(f"{uri}: not a boneage model (no {MODEL_FILE} and {PREDICTOR_FILE} inside)")
-        checks = list(local.rglob(OOD_FILE))
-        return cls.from_files(models[0], configs[0], checks[0] if checks else None)
+    def from_folder(cls, folder: Path, name: str) -> Predictor:
+        """The model in ``folder``: its files at the top (train's output) or below it (a logged model)."""
+        models, configs, checks = (find_model_file(folder, n) for n in (MODEL_FILE, PREDICTOR_FILE, OOD_FILE))
+        if models is None or configs is None:
+            raise BoneageError(f"{name}: not a boneage model (no {MODEL_FILE} and {PREDICTOR_FILE} in {folder})")
+        return cls.from_files(models, configs, checks)
 
     def warning(self) -> str | None:
         """Every marking this model's outputs carry, or None for a checked real-data model."""
@@ -140,6 +128,17 @@ class Predictor:
                 months, np.full(len(images), np.nan), [None] * len(images), np.zeros(len(images), int), batch["image"]
             )
         return score_checked(self._scoring, self.ood, batch)
+
+    @staticmethod
+    def rejected(source: str, reason: str) -> _Admitted:
+        """A request refused before it reached the model, with the reason."""
+        return _Admitted(Prediction(source=source, rejected=reason))
+
+    @staticmethod
+    def admit_prepared(image: np.ndarray, male: bool, source: str) -> _Admitted:
+        """An image already prepared the way this model's preprocessing prepares films (a
+        preprocessed split's), ready for ``finish``."""
+        return _Admitted(Prediction(source=source, sex="M" if male else "F"), image, bool(male))
 
     def admit(self, radiograph: Radiograph, source: str, sex=None, chronological_age=None) -> _Admitted:
         """Check the request and prepare the image; bad input gives a rejected Prediction."""
@@ -189,6 +188,7 @@ class Predictor:
                 if self.ood is not None:
                     a.result.ood_score = round(float(judged.ratios[i]), 3)
                     a.result.orientation = describe_view(int(judged.views[i]))
+                    a.result.ood_parts = {p: round(float(r), 3) for p, r in zip(PARTS, judged.part_ratios[i], strict=True)}
                 if judged.reasons[i]:
                     a.result.rejected = judged.reasons[i]
                     continue
@@ -210,6 +210,33 @@ class _Admitted:
     chronological_age: float | None = None
 
 
+def model_folder(where: str) -> Path:
+    """The local folder of a model: ``where`` itself (a folder, or a file in it), or, for an MLflow
+    model URI (models:/boneage@champion, runs:/..., any scheme://), its artifacts downloaded."""
+    if "://" in where or where.startswith("models:/") or where.startswith("runs:/"):
+        import mlflow
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return Path(mlflow.artifacts.download_artifacts(artifact_uri=where))
+        except (MlflowException, OSError) as exc:
+            raise BoneageError(
+                f"{where}: cannot fetch the model from MLflow ({mlflow.get_tracking_uri()}): {str(exc).splitlines()[0]}"
+            ) from None
+    folder = Path(where)
+    if not folder.exists():
+        raise BoneageError(f"{where}: no such model folder or file")
+    return folder.parent if folder.is_file() else folder
+
+
+def find_model_file(folder: Path, name: str) -> Path | None:
+    """A model's file: at the top of ``folder`` (train's output) or below it (a logged model)."""
+    if (folder / name).is_file():
+        return folder / name
+    found = sorted(folder.rglob(name))
+    return found[0] if found else None
+
+
 def expand_inputs(paths: list[Path]) -> list[Path]:
     """Files as given, folders expanded to the images below them (sorted)."""
     out: list[Path] = []
@@ -221,9 +248,30 @@ def expand_inputs(paths: list[Path]) -> list[Path]:
     return out
 
 
-def _read_and_admit(predictor: Predictor, path: Path, sex, chronological_age) -> _Admitted:
+def is_url(location: str) -> bool:
+    """A location an fsspec filesystem reads (gs://bucket/film.png), not a local path."""
+    return "://" in location
+
+
+def read_film(location: str | Path, max_pixels: int) -> Radiograph:
+    """A film from a local path or a URL (gs://...). A missing film is bad input (its row is
+    rejected); any other failure to read a URL is raised, so that the step reading it is retried."""
+    location = str(location)
+    if not is_url(location):
+        return read_radiograph(Path(location), max_pixels)
+    import fsspec
+
     try:
-        radiograph = read_radiograph(path, predictor.config.max_image_pixels)
+        with fsspec.open(location, "rb", **fsspec_options(location)) as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        raise BadInputError(f"{location}: no such file") from None
+    return read_radiograph_bytes(data, max_pixels)
+
+
+def _read_and_admit(predictor: Predictor, path: str | Path, sex, chronological_age) -> _Admitted:
+    try:
+        radiograph = read_film(path, predictor.config.max_image_pixels)
     except BadInputError as exc:
         return _Admitted(Prediction(source=str(path), rejected=exc.reason))
     return predictor.admit(radiograph, str(path), sex, chronological_age)
@@ -289,52 +337,72 @@ WORKLIST_OUTPUT_COLUMNS = [
 class WorklistRow:
     csv_line: int
     id: str
-    path: Path
+    path: str  # a local path or a URL (gs://...)
     sex: str
     chronological_age: str
 
 
-def read_worklist(table: Path) -> list[WorklistRow]:
-    """Rows of a worklist CSV; relative paths resolve against the CSV's own folder. A missing file
-    or column is fatal (nothing could be scored); a bad value only rejects its own row later."""
-    import csv
+def _worklist_text(table: str) -> str:
+    if not is_url(table):
+        if not Path(table).is_file():
+            raise BoneageError(f"{table}: worklist not found")
+        return Path(table).read_bytes().decode("utf-8-sig")
+    import fsspec
 
-    table = Path(table)
-    if not table.is_file():
-        raise BoneageError(f"{table}: worklist not found")
     try:
-        with open(table, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            header = [h.strip().lower() for h in (reader.fieldnames or [])]
-            missing = [c for c in WORKLIST_REQUIRED if c not in header]
-            if missing:
-                raise BoneageError(
-                    f"{table}: worklist has no column {', '.join(missing)} "
-                    f"(needs {', '.join(WORKLIST_REQUIRED)}; optional {', '.join(WORKLIST_OPTIONAL)})"
+        with fsspec.open(table, "rb", **fsspec_options(table)) as fh:
+            return fh.read().decode("utf-8-sig")
+    except FileNotFoundError:
+        raise BoneageError(f"{table}: worklist not found") from None
+
+
+def _resolve(table: str, raw_path: str) -> str:
+    """A row's path: as given when absolute (or a URL), else against the worklist's own folder."""
+    if not raw_path or is_url(raw_path) or Path(raw_path).is_absolute():
+        return raw_path
+    if is_url(table):
+        return f"{table.rsplit('/', 1)[0]}/{raw_path}"
+    return str(Path(table).parent / raw_path)
+
+
+def read_worklist(table: str | Path) -> list[WorklistRow]:
+    """Rows of a worklist CSV (a local file or a URL); relative paths resolve against the CSV's own
+    folder. A missing file or column is fatal (nothing could be scored); a bad value only rejects
+    its own row later."""
+    import csv
+    import io
+
+    table = str(table)
+    try:
+        reader = csv.DictReader(io.StringIO(_worklist_text(table), newline=""))
+        header = [h.strip().lower() for h in (reader.fieldnames or [])]
+        missing = [c for c in WORKLIST_REQUIRED if c not in header]
+        if missing:
+            raise BoneageError(
+                f"{table}: worklist has no column {', '.join(missing)} "
+                f"(needs {', '.join(WORKLIST_REQUIRED)}; optional {', '.join(WORKLIST_OPTIONAL)})"
+            )
+        reader.fieldnames = header
+        rows = []
+        for record in reader:
+            raw_path = (record.get("path") or "").strip()
+            rows.append(
+                WorklistRow(
+                    csv_line=reader.line_num,
+                    id=(record.get("id") or "").strip() or raw_path,
+                    path=_resolve(table, raw_path),
+                    sex=(record.get("sex") or "").strip(),
+                    chronological_age=(record.get("chronological_age") or "").strip(),
                 )
-            reader.fieldnames = header
-            rows = []
-            for record in reader:
-                line = reader.line_num
-                raw_path = (record.get("path") or "").strip()
-                path = Path(raw_path)
-                rows.append(
-                    WorklistRow(
-                        csv_line=line,
-                        id=(record.get("id") or "").strip() or raw_path,
-                        path=path if path.is_absolute() else table.parent / path,
-                        sex=(record.get("sex") or "").strip(),
-                        chronological_age=(record.get("chronological_age") or "").strip(),
-                    )
-                )
+            )
     except (UnicodeDecodeError, csv.Error) as exc:
         raise BoneageError(f"{table}: not a readable CSV worklist ({exc})") from None
     return rows
 
 
 def _admit_worklist_row(predictor: Predictor, row: WorklistRow) -> _Admitted:
-    source = str(row.path)
-    if not str(row.path.name):
+    source = row.path
+    if not row.path:
         return _Admitted(Prediction(source=source, rejected="no path given"))
     if not row.sex:
         return _Admitted(Prediction(source=source, rejected="sex missing: the worklist's sex column must be M or F"))

@@ -59,6 +59,7 @@ from boneage.model.predictor_config import PredictorConfig
 from boneage.serve import packaging
 from boneage.training.dataset import make_dataset
 from boneage.training.fit_ood import fit_for_model
+from boneage.training.monitor_reference import write_reference
 
 TRAINED, FAILED = "trained", "failed"
 # What every member's provenance shares (the data and its preparation): the ensemble's too.
@@ -397,6 +398,7 @@ def _save_and_log(
         fit_for_model(combination.model, data_dir, out_dir, params)
         save_model_atomic(combination.model, out_dir / MODEL_FILE)
         write_json_atomic(out_dir / TARGET_FILE, {"offset_months": interval.offset_months, "weights": weights.tolist()})
+        write_reference(params, data_dir, out_dir)
         model_uri = packaging.log_scoring_model(combination.model, out_dir, params.preprocess.image_size, provenance)
         tracking.write_run_file(out_dir, run.info.run_id, experiment_id, tracking.tracking_uri(params), model_uri)
     return run.info.run_id

@@ -1,5 +1,6 @@
 """Register: every trained model becomes a version of ``boneage`` in the MLflow registry; it takes
-the alias ``champion`` only if its test MAE beats the current champion's, else ``challenger``."""
+the alias ``champion`` only if its test MAE beats the current champion's, else ``challenger``. Its
+model card (boneage.training.model_card) becomes the version's description and model_card.md."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from pathlib import Path
 
 from boneage import tracking
 from boneage.config import Params
-from boneage.contracts import write_json_atomic
+from boneage.contracts import MODEL_CARD_FILE, write_json_atomic, write_text_atomic
 from boneage.errors import BoneageError
+from boneage.training.model_card import model_card
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 
@@ -35,7 +37,8 @@ def register(params: Params, model_dir: Path, metrics_path: Path, out_path: Path
     run = tracking.read_run_file(Path(model_dir))
     if not Path(metrics_path).is_file():
         raise BoneageError(f"{metrics_path}: no metrics (run `boneage evaluate` first)")
-    test_mae = json.loads(Path(metrics_path).read_text())["test"].get("mae")
+    metrics = json.loads(Path(metrics_path).read_text())
+    test_mae = metrics["test"].get("mae")
     if test_mae is None:
         raise BoneageError(f"{metrics_path}: no test MAE; the test split is empty")
     tracking.connect(params)
@@ -65,6 +68,8 @@ def register(params: Params, model_dir: Path, metrics_path: Path, out_path: Path
     wins = previous_mae is None or round(test_mae, 4) < round(previous_mae, 4)
     alias = CHAMPION if wins else CHALLENGER
     client.set_registered_model_alias(name, alias, version.version)
+    card = model_card(provenance, metrics, params.data.age_bands_years, name, version.version)
+    client.update_model_version(name, version.version, description=card)  # the registry page shows it
     decision = {
         "model": name,
         "version": int(version.version),
@@ -84,5 +89,6 @@ def register(params: Params, model_dir: Path, metrics_path: Path, out_path: Path
             mlflow.log_metric("registry_previous_champion_test_mae", previous_mae)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out_path.parent / MODEL_CARD_FILE, card)
     write_json_atomic(out_path, decision)
     return decision

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import keras
+import numpy as np
 import pandas as pd
 import tensorflow as tf
 
@@ -49,6 +50,7 @@ from boneage.model.predictor_config import PredictorConfig
 from boneage.serve import packaging
 from boneage.training.dataset import make_dataset, predict_split
 from boneage.training.fit_ood import fit_for_model, split_fit_data
+from boneage.training.monitor_reference import write_reference
 from boneage.training.precision import training_precision
 
 CHECKPOINT_MODEL_FILE = "train.keras"
@@ -125,24 +127,40 @@ class _CosineByStep(keras.callbacks.Callback):
 class _Budget(keras.callbacks.Callback):
     """train.budget_minutes: after the second epoch of the phase (the first one pays for building
     the graphs), plan how many more epochs fit in what is left of the budget at that epoch's pace,
-    at most the phase's end, and stop there."""
+    at most the phase's end, and stop there. After each later epoch the plan is checked against the
+    recent pace (the median of the last REPLAN_EPOCHS epochs): when the machine slowed down (a busy
+    node, another job on its cores) the end moves earlier, and the cosine, which follows the plan,
+    still ends at its floor inside the budget instead of being cut off by train.max_minutes."""
+
+    REPLAN_EPOCHS = 3
 
     def __init__(self, plan: _Plan, budget_seconds: float, started: float):
         super().__init__()
-        self.plan, self.budget, self.started, self.epoch_ends = plan, budget_seconds, started, []
+        self.plan, self.budget, self.started, self.epoch_ends = plan, budget_seconds, started, [started]
+
+    def _fits(self, epoch: int, pace: float, now: float) -> int:
+        left = self.budget - self.plan.seconds_before - (now - self.started)
+        return epoch + 1 + max(0, int(left // pace))
 
     def on_epoch_end(self, epoch, logs=None):
+        import mlflow
+
         now = time.monotonic()
         self.epoch_ends.append(now)
-        if not self.plan.planned and len(self.epoch_ends) == 2:
-            pace = self.epoch_ends[1] - self.epoch_ends[0]
-            left = self.budget - self.plan.seconds_before - (now - self.started)
-            self.plan.end = min(self.plan.end, epoch + 1 + max(0, int(left // pace)))
-            self.plan.planned = True
-            import mlflow
-
+        durations = np.diff(self.epoch_ends)
+        if not self.plan.planned and len(durations) == 2:
+            pace = float(durations[1])
+            self.plan.end, self.plan.planned = min(self.plan.end, self._fits(epoch, pace, now)), True
             mlflow.set_tags({"boneage.planned_epochs": self.plan.end, "boneage.seconds_per_epoch": round(pace, 1)})
             print(f"train.budget_minutes: {pace:.0f} s an epoch; training ends after epoch {self.plan.end}", file=sys.stderr)
+        elif self.plan.planned and len(durations) > 2:
+            pace = float(np.median(durations[-self.REPLAN_EPOCHS :]))
+            fits = self._fits(epoch, pace, now)
+            if fits < self.plan.end:
+                self.plan.end = max(epoch + 1, fits)
+                mlflow.set_tags({"boneage.planned_epochs": self.plan.end, "boneage.seconds_per_epoch": round(pace, 1)})
+                note = f"slower now ({pace:.0f} s an epoch); training ends after epoch {self.plan.end}"
+                print(f"train.budget_minutes: {note}", file=sys.stderr)
         if epoch + 1 >= self.plan.end:
             self.model.stop_training = True
 
@@ -523,6 +541,7 @@ def train(
         provenance = model_provenance(params, data_dir, fingerprint)
         mlflow.set_tags(tracking.flatten(provenance, "provenance."))
         model = _calibrate_and_save(params, data, model, data_dir, out_dir, provenance)
+        write_reference(params, data_dir, out_dir)
         shutil.copyfile(ckpt_dir / HISTORY_FILE, out_dir / HISTORY_FILE)
         model_uri = _log_training_artifacts(model, out_dir, size, provenance)
         tracking.write_run_file(out_dir, run.info.run_id, experiment_id, tracking.tracking_uri(params), model_uri)

@@ -12,6 +12,9 @@ from types import SimpleNamespace
 
 from kfp import dsl
 
+from boneage.orchestrate.components.batch_merge import batch_merge
+from boneage.orchestrate.components.batch_score import batch_score
+from boneage.orchestrate.components.batch_split import batch_split
 from boneage.orchestrate.components.ensemble import ensemble
 from boneage.orchestrate.components.evaluate import evaluate
 from boneage.orchestrate.components.ingest import ingest
@@ -20,7 +23,7 @@ from boneage.orchestrate.components.preprocess import preprocess
 from boneage.orchestrate.components.register import register
 from boneage.orchestrate.components.train import train
 
-STEPS = (ingest, preprocess, train, member, ensemble, evaluate, register)
+STEPS = (ingest, preprocess, train, member, ensemble, evaluate, register, batch_split, batch_score, batch_merge)
 
 # The steps that train: the GPU image, and the GPU request (pipeline.pipeline).
 GPU_STEPS = ("train", "member")
