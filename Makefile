@@ -86,7 +86,7 @@ serve-env: $(SERVE_STAMP)
 # PYTEST_MARKERS picks the tests: all but the container ones by default; .ci/run adds those, in the
 # same session, so that they reuse its service stack and its `dvc repro` (make ci-tests).
 PYTEST_MARKERS ?= not containers
-test: setup lint
+test: setup lint serve-env
 	$(BIN)/python -m pytest -m "$(PYTEST_MARKERS)"
 
 # ruff: lint and format check over the whole codebase (pyproject.toml [tool.ruff]).

@@ -3,8 +3,9 @@
 the same library calls as the DVC stages. Stored under "demo" in benchmarks/results.json and
 rendered into docs/synthetic-data.md's "Demo results" block.
 
-    python -m benchmarks.bench_demo run --seeds 42 1 2   # about 12 minutes a run on 2 cores
-    python -m benchmarks.bench_demo readme                # re-render the docs block only
+    python -m benchmarks.bench_demo search --seeds 42 1 2   # candidate recipes, validation only
+    python -m benchmarks.bench_demo run --seeds 42 1 2      # the recipe of record, test read once a seed
+    python -m benchmarks.bench_demo readme                  # re-render the docs block only
 
 Each seed draws its own synthetic films, split and initial weights, so the spread is that of the
 whole recipe. Each run reads its test split once. Beside each run, the same recipe without the sex
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 from benchmarks.common import DOCS, WORK, bench_params, load_results, machine, record, replace_block
 
@@ -25,16 +27,19 @@ GOAL_RATIO = 0.40
 GOAL_TRAIN_MINUTES = 15.0
 
 
-def run_once(seed: int) -> dict:
-    from boneage.contracts import MANIFEST_FILE
-    from boneage.data.ingest import ingest
-    from boneage.data.preprocess import preprocess
-    from boneage.training.evaluate import evaluate
-    from boneage.training.train import train
+# Candidate demo recipes, compared on validation over the same seeds (params.yaml's recipe is "as-is").
+CANDIDATES = {
+    "as-is": {},
+    "14-epochs": {"train.epochs": 14},
+    "no-augment": {"train.augment.enabled": False},
+    "lr-2e-3": {"train.learning_rate": 2e-3},
+}
 
+
+def _seed_params(seed: int, **overrides):
     root = WORK / "demo" / f"seed{seed}"
     synthetic = root / "synthetic"
-    params = bench_params(
+    return root, bench_params(
         **{
             "seed": seed,
             "data.synthetic_dir": str(synthetic),
@@ -43,8 +48,46 @@ def run_once(seed: int) -> dict:
             "mlflow.artifact_root": str(root / "mlruns"),
             "mlflow.experiment": "bench-demo",
             "mlflow.log_system_metrics": False,
+            **overrides,
         }
     )
+
+
+def _prepared(seed: int) -> Path:
+    """The seed's synthetic films, ingested and preprocessed (once; every candidate trains on them)."""
+    from boneage.contracts import MANIFEST_FILE
+    from boneage.data.ingest import ingest
+    from boneage.data.preprocess import preprocess
+
+    root, params = _seed_params(seed)
+    if not (root / "preprocessed" / MANIFEST_FILE).is_file():
+        ingest(params, root / "ingest")  # generates the synthetic films first, as the synth stage does
+        preprocess(params, root / "ingest" / MANIFEST_FILE, root / "preprocessed")
+    return root / "preprocessed"
+
+
+def search_once(seed: int, name: str) -> dict:
+    """One candidate on one seed: trained, scored on validation only (the test split is not read)."""
+    from benchmarks.bench_real import val_mae
+    from boneage.training.train import train
+
+    data = _prepared(seed)
+    root, params = _seed_params(seed, **CANDIDATES[name])
+    start = time.perf_counter()
+    result = train(params, data, root / f"candidate-{name}")
+    minutes = (time.perf_counter() - start) / 60
+    return {"seed": seed, "val_mae": round(val_mae(root / f"candidate-{name}", data, params), 2),
+            "epochs": result.epochs_run, "train_minutes": round(minutes, 1)}  # fmt: skip
+
+
+def run_once(seed: int) -> dict:
+    from boneage.contracts import MANIFEST_FILE
+    from boneage.data.ingest import ingest
+    from boneage.data.preprocess import preprocess
+    from boneage.training.evaluate import evaluate
+    from boneage.training.train import train
+
+    root, params = _seed_params(seed)
     start = time.perf_counter()
     ingest(params, root / "ingest")  # generates the synthetic films first, as the synth stage does
     preprocess(params, root / "ingest" / MANIFEST_FILE, root / "preprocessed")
@@ -157,15 +200,26 @@ def write_readme_block(data: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=("run", "readme"))
+    parser.add_argument("part", choices=("search", "run", "readme"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2])
+    parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
     args = parser.parse_args()
+    if args.part == "search":
+        found = load_results().get(RESULT_KEY, {}).get("search", {})
+        for name in args.candidates:
+            for seed in args.seeds:
+                print(f"== candidate {name}, seed {seed}", flush=True)
+                found.setdefault(name, {"overrides": CANDIDATES[name], "runs": []})["runs"].append(search_once(seed, name))
+                data = load_results().get(RESULT_KEY, {})
+                record(RESULT_KEY, {**data, "search": found})
+        return
     if args.part == "run":
         runs = []
         for seed in args.seeds:
             print(f"== demo, seed {seed}", flush=True)
             runs.append(run_once(seed))
-            record(RESULT_KEY, {"runs": runs, "machine": machine(), **summary(runs)})
+            earlier = load_results().get(RESULT_KEY, {})
+            record(RESULT_KEY, {**earlier, "runs": runs, "machine": machine(), **summary(runs)})
     write_readme_block(load_results().get(RESULT_KEY, {}))
 
 

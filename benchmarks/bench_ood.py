@@ -29,7 +29,9 @@ from benchmarks.common import DOCS, WORK, bench_params, load_results, machine, r
 
 RESULT_KEY = "ood"
 PAGE, BLOCK = DOCS / "predict-serve.md", "ood"
-GOALS = {"real_test_max": 0.01, "foreign_min": 0.99, "synthetic_model_real_min": 0.95}
+GOALS = {"real_test_max": 0.01, "foreign_min": 0.99, "synthetic_model_real_min": 0.95, "turned_scored_min": 0.99}
+# A real hand film turned half a turn is no foreign input: the check puts it upright and scores it.
+TURNED = "hand turned 180°"
 COVERAGE_GOAL = (0.88, 0.94)
 PER_KIND = 200  # drawn or derived images per kind of foreign input
 OOD_REASON = "out of distribution"
@@ -109,11 +111,11 @@ def write_foreign_inputs(out: Path, source_test_films: list[Path], seed: int = 0
             kinds[kind].append(path)
     rotated = out / "hand-turned-180"
     rotated.mkdir(parents=True, exist_ok=True)
-    kinds["hand turned 180°"] = []
+    kinds[TURNED] = []
     for film in source_test_films:
         path = rotated / film.name
         cv2.imwrite(str(path), cv2.rotate(cv2.imread(str(film), cv2.IMREAD_UNCHANGED), cv2.ROTATE_180))
-        kinds["hand turned 180°"].append(path)
+        kinds[TURNED].append(path)
     write_dataset(out / "synthetic", PER_KIND, seed, size=384, workers=1)
     kinds["synthetic film"] = sorted((out / "synthetic" / IMAGE_DIR).glob("*.png"))
     return kinds
@@ -124,7 +126,7 @@ def refusals(predictor, files: list[Path], sexes: list[str]) -> dict:
     """How many of ``files`` are refused, by the hand crop or by the out-of-distribution check."""
     from boneage.serve.predict import WorklistRow, predict_worklist
 
-    rows = [WorklistRow(i + 2, f.stem, f, s, "") for i, (f, s) in enumerate(zip(files, sexes, strict=True))]
+    rows = [WorklistRow(i + 2, f.stem, str(f), s, "") for i, (f, s) in enumerate(zip(files, sexes, strict=True))]
     start = time.perf_counter()
     results = predict_worklist(predictor, rows)
     seconds = time.perf_counter() - start
@@ -136,6 +138,8 @@ def refusals(predictor, files: list[Path], sexes: list[str]) -> dict:
         "refused_fraction": round((by_check + by_crop) / len(files), 4),
         "by_check": by_check,
         "by_crop": by_crop,
+        # Scored after the check put them upright (it names the view each arrived in).
+        "put_upright": sum(1 for r in results if not r.rejected and r.orientation),
         "seconds": round(seconds, 1),
     }
 
@@ -236,7 +240,7 @@ def run(workspace: Path, source: Path, demo_workspace: Path) -> dict:
     print(f"real model, its own test films: {own}", flush=True)
     kinds = {}
     for kind, files in foreign.items():
-        sexes = test_sexes if kind == "hand turned 180°" else ["F"] * len(files)
+        sexes = test_sexes if kind == TURNED else ["F"] * len(files)
         kinds[kind] = refusals(real, files, sexes)
         print(f"real model, {kind}: {kinds[kind]}", flush=True)
     every = pd.read_csv(source / "boneage-training-dataset.csv", dtype={"id": str})
@@ -259,21 +263,26 @@ def run(workspace: Path, source: Path, demo_workspace: Path) -> dict:
 
 def summary(data: dict) -> dict:
     own = data["real_model"]["own_test_films"]["refused_fraction"]
-    foreign = [k["refused_fraction"] for k in data["real_model"]["foreign"].values()]
+    foreign = [k["refused_fraction"] for name, k in data["real_model"]["foreign"].items() if name != TURNED]
+    turned = data["real_model"]["foreign"].get(TURNED)
+    turned_scored = turned["put_upright"] / turned["images"] if turned and "put_upright" in turned else 0.0
     synth = data["synthetic_model"]["real_films"]["refused_fraction"]
     coverage = data["interval"]["coverage"]
     met = (
         own <= GOALS["real_test_max"]
         and min(foreign) >= GOALS["foreign_min"]
+        and turned_scored >= GOALS["turned_scored_min"]
         and synth >= GOALS["synthetic_model_real_min"]
         and COVERAGE_GOAL[0] <= coverage <= COVERAGE_GOAL[1]
     )
     return {
         "title": "out-of-distribution refusal and interval coverage (real films)",
         "summary": f"real model refuses {100 * own:.1f}% of its test films and {100 * min(foreign):.1f}-"
-        f"{100 * max(foreign):.1f}% of foreign inputs; the demo model {100 * synth:.1f}% of real films; "
+        f"{100 * max(foreign):.1f}% of foreign inputs, puts {100 * turned_scored:.1f}% of films turned 180° upright; "
+        f"the demo model refuses {100 * synth:.1f}% of real films; "
         f"90% interval covers {100 * coverage:.1f}% of test films",
-        "goal": "<= 1% own test, >= 99% of each foreign kind, >= 95% of real films by the demo model, coverage 88-94%",
+        "goal": "<= 1% own test, >= 99% of each foreign kind, >= 99% of turned films put upright, "
+        ">= 95% of real films by the demo model, coverage 88-94%",
         "verdict": "met" if met else "missed",
     }
 
@@ -299,6 +308,12 @@ def block(data: dict) -> str:
         f"{own['by_crop']} | {own['by_check']} | ≤ 1% |",
     ]
     for kind, r in real["foreign"].items():
+        if kind == TURNED and "put_upright" in r:
+            lines.append(
+                f"| real | {kind} (put upright, then scored) | {r['images']:,} | **{_pct(r['refused_fraction'])}** | "
+                f"{r['by_crop']} | {r['by_check']} | ≥ 99% put upright: {_pct(r['put_upright'] / r['images'])} |"
+            )
+            continue
         lines.append(
             f"| real | {kind} | {r['images']:,} | **{_pct(r['refused_fraction'])}** | {r['by_crop']} | {r['by_check']} | ≥ 99% |"
         )

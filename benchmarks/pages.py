@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import bench_demo, bench_ensemble, bench_framing, bench_ood, figures, real_report, timings
+from benchmarks import bench_demo, bench_ensemble, bench_framing, bench_ood, bench_serving, figures, real_report, timings
 from benchmarks.common import BENCH_BLOCK, BENCH_PAGE, DOCS, README, load_results, markdown_table, replace_block
 
 # (page, block name) -> the block's text, from the whole results file
@@ -21,6 +21,7 @@ BLOCKS: dict[tuple[Path, str], Callable[[dict], str]] = {
     (bench_ensemble.PAGE, bench_ensemble.BLOCK): lambda r: bench_ensemble.block(r.get(bench_ensemble.RESULT_KEY, {})),
     (bench_ood.PAGE, bench_ood.BLOCK): lambda r: bench_ood.block(r.get(bench_ood.RESULT_KEY, {})),
     (DOCS / "testing.md", "tests"): timings.tests_block,
+    (bench_serving.PAGE, bench_serving.BLOCK): lambda r: bench_serving.block(r.get(bench_serving.RESULT_KEY, {})),
     (DOCS / "model-card.md", "card"): real_report.model_card_block,
 }
 

@@ -134,9 +134,7 @@ def main() -> None:
     args = parser.parse_args()
     data = run(args.only)
     record(RESULT_KEY, {**data, **summary(data)})
-    from benchmarks.pages import write_all
-
-    write_all()
+    print("recorded; `python -m benchmarks.pages` writes the README's and docs/testing.md's blocks from it")
 
 
 if __name__ == "__main__":

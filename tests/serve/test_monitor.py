@@ -46,7 +46,9 @@ def train_real_small(tmp: Path) -> SimpleNamespace:
     from boneage.training.train import train
 
     source, window = real_sample(tmp)
-    params = small_recipe(tmp, data={"source": str(source)}, preprocess={"image_size": 75, "workers": 1, "crop": "locator"})
+    params = small_recipe(
+        tmp, data={"source": str(source)}, preprocess={"image_size": 75, "workers": 1, "crop": "locator"}, train={"epochs": 6}
+    )
     result = ingest(params, tmp / "ingest")
     preprocess(params, result.manifest_path, tmp / "pre")
     train(params, tmp / "pre", tmp / "model")

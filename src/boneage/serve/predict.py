@@ -42,6 +42,21 @@ def years_and_months(months: float) -> str:
     return f"{total // 12} y {total % 12} m"
 
 
+# What every front answers for a scored film, in this order (the REST and KServe answers, the scored
+# worklist's columns): the months, the interval, the SDS and call, the marking and the view.
+ANSWER_FIELDS = (
+    "bone_age_months",
+    "bone_age",
+    "interval_low_months",
+    "interval_high_months",
+    "interval_level",
+    "sds",
+    "call",
+    "warning",
+    "orientation",
+)
+
+
 @dataclass
 class Prediction:
     source: str
@@ -64,6 +79,22 @@ class Prediction:
     ood_parts: dict[str, float] | None = None
     box: tuple[int, int, int, int] | None = None
     prepared: np.ndarray | None = field(default=None, repr=False)
+
+    def answer(self) -> dict:
+        """ANSWER_FIELDS of this prediction (None where a field has no value)."""
+        low, high = self.interval_months or (None, None)
+        assessment = self.assessment or {}
+        return {
+            "bone_age_months": self.bone_age_months,
+            "bone_age": self.bone_age,
+            "interval_low_months": None if low is None else round(low, 2),
+            "interval_high_months": None if high is None else round(high, 2),
+            "interval_level": self.interval_level,
+            "sds": assessment.get("sds"),
+            "call": assessment.get("call"),
+            "warning": self.warning,
+            "orientation": self.orientation,
+        }
 
     def as_dict(self) -> dict:
         out = {k: v for k, v in self.__dict__.items() if k not in ("prepared",)}
@@ -314,23 +345,7 @@ def predict_files(
 # A worklist: one film per row, its sex and optionally an id and the chronological age (months).
 WORKLIST_REQUIRED = ("path", "sex")
 WORKLIST_OPTIONAL = ("id", "chronological_age")
-WORKLIST_OUTPUT_COLUMNS = [
-    "id",
-    "path",
-    "sex",
-    "chronological_age_months",
-    "bone_age_months",
-    "bone_age",
-    "interval_low_months",
-    "interval_high_months",
-    "interval_level",
-    "sds",
-    "call",
-    "warning",
-    "orientation",
-    "rejected",
-    "csv_line",
-]
+WORKLIST_OUTPUT_COLUMNS = ["id", "path", "sex", "chronological_age_months", *ANSWER_FIELDS, "rejected", "csv_line"]
 
 
 @dataclass(frozen=True)
@@ -422,23 +437,16 @@ def worklist_table(rows: list[WorklistRow], results: list[Prediction]):
 
     records = []
     for row, r in zip(rows, results, strict=True):
-        a = r.assessment or {}
-        lo, hi = r.interval_months or (None, None)
+        answer = r.answer()
         records.append(
             {
                 "id": row.id,
                 "path": str(row.path),
                 "sex": r.sex or row.sex,
                 "chronological_age_months": r.chronological_age_months,
-                "bone_age_months": r.bone_age_months,
-                "bone_age": r.bone_age,
-                "interval_low_months": None if lo is None else round(lo, 2),
-                "interval_high_months": None if hi is None else round(hi, 2),
-                "interval_level": r.interval_level,
-                "sds": a.get("sds"),
-                "call": a.get("call"),
-                "warning": r.warning or "",
-                "orientation": r.orientation or "",
+                **answer,
+                "warning": answer["warning"] or "",
+                "orientation": answer["orientation"] or "",
                 "rejected": r.rejected or "",
                 "csv_line": row.csv_line,
             }

@@ -12,21 +12,10 @@ import binascii
 from boneage.contracts import INTENDED_USE_NOTICE
 from boneage.data.imaging import read_radiograph_bytes
 from boneage.errors import BadInputError
-from boneage.serve.predict import Prediction, Predictor
+from boneage.serve.predict import ANSWER_FIELDS, Prediction, Predictor
 
 # The answer's fields, in order (the pyfunc's signature and KServe's V2 outputs name the same).
-OUTPUT_FIELDS = (
-    "bone_age_months",
-    "bone_age",
-    "interval_low_months",
-    "interval_high_months",
-    "interval_level",
-    "sds",
-    "call",
-    "warning",
-    "orientation",
-    "notice",
-)
+OUTPUT_FIELDS = (*ANSWER_FIELDS, "notice")
 
 
 class BadRequest(Exception):
@@ -60,19 +49,5 @@ def answer(results: list[Prediction]) -> list[dict]:
         raise BadRequest("; ".join(f"{r.source}: {r.rejected}" for r in rejected))
     out = []
     for result in results:
-        low, high = result.interval_months
-        assessment = result.assessment or {}
-        values = {
-            "bone_age_months": result.bone_age_months,
-            "bone_age": result.bone_age,
-            "interval_low_months": round(low, 2),
-            "interval_high_months": round(high, 2),
-            "interval_level": result.interval_level,
-            "sds": assessment.get("sds"),
-            "call": assessment.get("call"),
-            "warning": result.warning,
-            "orientation": result.orientation,
-            "notice": INTENDED_USE_NOTICE,
-        }
-        out.append({k: values[k] for k in OUTPUT_FIELDS})
+        out.append({**result.answer(), "notice": INTENDED_USE_NOTICE})
     return out
