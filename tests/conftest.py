@@ -85,6 +85,18 @@ def pytest_sessionfinish(session, exitstatus):
     DURATIONS_FILE.write_text(json.dumps(record, indent=1) + "\n")
 
 
+@pytest.fixture(autouse=True)
+def _tracking_store_left_as_found():
+    """mlflow.set_tracking_uri() also writes MLFLOW_TRACKING_URI into os.environ, where it would
+    outrank every later test's own store (tracking.tracking_uri: the user's variable wins)."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 @pytest.fixture
 def params() -> Params:
     return Params()

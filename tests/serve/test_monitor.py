@@ -108,10 +108,9 @@ def test_darkened_and_turned_films_raise_an_alert_naming_what_moved(real_model, 
     assert status == EXIT_ALERT
     assert any("not upright" in alert for alert in result.alerts), result.alerts
     assert "ALERT" in (tmp_path / "report" / "monitor.html").read_text()
-    runs = mlflow.MlflowClient(real_model.params.mlflow.tracking_uri).search_runs(
-        [mlflow.get_experiment_by_name(real_model.params.mlflow.experiment).experiment_id],
-        "tags.`boneage.kind` = 'monitor'",
-    )
+    client = mlflow.MlflowClient(real_model.params.mlflow.tracking_uri)
+    experiment = client.get_experiment_by_name(real_model.params.mlflow.experiment)
+    runs = client.search_runs([experiment.experiment_id], "tags.`boneage.kind` = 'monitor'")
     assert any(r.data.metrics.get("alert") == 1.0 for r in runs)
 
 

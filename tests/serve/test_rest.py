@@ -37,7 +37,9 @@ def registered(trained_small) -> str:
 
     from boneage import tracking
 
-    client = MlflowClient(trained_small.params.mlflow.tracking_uri)
+    # MLflow resolves a logged model's URI through its global store, not the client's: connect.
+    tracking.connect(trained_small.params)
+    client = MlflowClient()
     name = trained_small.params.mlflow.synthetic_registered_model
     if not client.search_registered_models(f"name='{name}'"):
         client.create_registered_model(name)
