@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -159,7 +160,26 @@ def misses_sheet(source: Path, crops: dict) -> None:
     cv2.imwrite(str(MISSES_SHEET), np.vstack(rows))
 
 
-def recipe_figures(workspace: Path) -> dict:
+def _wall_minutes(log: Path | None) -> dict:
+    """From the saved output of `time make real-data ...` on a fresh clone: the pipeline's own wall
+    time (make prints it) and the whole command's, install included (bash's `time`)."""
+    if log is None:
+        return {}
+    text = Path(log).read_text(errors="replace")
+    found = {}
+    if m := re.search(r"pipeline wall time: (\d+) s", text):
+        found["pipeline_wall_minutes"] = round(int(m.group(1)) / 60, 1)
+    if m := re.search(r"^real\s+(\d+)m([\d.]+)s", text, re.MULTILINE):
+        found["wall_minutes"] = round(int(m.group(1)) + float(m.group(2)) / 60, 1)
+    return found
+
+
+def _training_minutes(workspace: Path) -> float | None:
+    state = workspace / "models" / "checkpoint" / "state.json"
+    return round(json.loads(state.read_text())["seconds_trained"] / 60, 1) if state.is_file() else None
+
+
+def recipe_figures(workspace: Path, log: Path | None = None) -> dict:
     """The recipe of record's figures from a `make real-data` workspace (read, not re-run)."""
     metrics = json.loads((workspace / "reports" / "metrics.json").read_text())
     history = pd.read_csv(workspace / "models" / "history.csv")
@@ -167,7 +187,12 @@ def recipe_figures(workspace: Path) -> dict:
     lock = (workspace / "dvc.lock").read_text() if (workspace / "dvc.lock").is_file() else ""
     provenance = json.loads((workspace / "models" / "predictor.json").read_text())["provenance"]
     return {
-        "metrics": _metric_summary(metrics, workspace / "reports" / "predictions.csv"),
+        "metrics": {
+            **_metric_summary(metrics, workspace / "reports" / "predictions.csv"),
+            "slope": round(metrics["test"]["slope"], 3),
+        },
+        "training_minutes": _training_minutes(workspace),
+        **_wall_minutes(log),
         # What docs/model-card.md is written from: the model's provenance and its whole evaluation.
         "card": {"provenance": provenance, "metrics": metrics},
         "curve": _learning_curve(history, manifest, workspace),
@@ -406,7 +431,7 @@ def store(part: str, value) -> None:
     write_readme_block(load_results().get(RESULT_KEY, {}))
 
 
-PARTS = ("crop", "recipe", "variants", "search")
+PARTS = ("crop", "recipe", "previous_recipe", "variants", "variants_measured", "search")
 
 
 def _summary(data: dict) -> dict:
@@ -427,6 +452,7 @@ def main() -> None:
     parser.add_argument("part", choices=("crop", "recipe", "variants", "search", "compare", "readme"))
     parser.add_argument("--source", type=Path, help="a Kaggle-layout folder of real films")
     parser.add_argument("--workspace", type=Path, default=PROJECT, help="where `make real-data` ran")
+    parser.add_argument("--log", type=Path, help="the saved output of `time make real-data ...` (its wall times)")
     parser.add_argument("--minutes", type=float, default=30.0, help="a limit on each variant's training (safety)")
     parser.add_argument("--epochs", type=int, default=3, help="cosine epochs of the equal budget")
     parser.add_argument("--steps", type=int, default=200, help="steps (of the preset's batch) per epoch")
@@ -441,7 +467,7 @@ def main() -> None:
         misses_sheet(args.source, crops)
         store("crop", crops)
     elif args.part == "recipe":
-        store("recipe", {**recipe_figures(args.workspace), "machine": machine()})
+        store("recipe", {**recipe_figures(args.workspace, args.log), "machine": machine()})
     elif args.part == "compare":
         store("variants", compare_with_recipe(load_results().get(RESULT_KEY, {}).get("variants", {})))
     elif args.part == "search":
@@ -459,6 +485,7 @@ def main() -> None:
                 "description": VARIANTS[name][1],
             }
             store("variants", compare_with_recipe(done))
+        store("variants_measured", {"date": machine()["date"], "recipe": "the rsna-cpu recipe as committed"})
     from benchmarks.real_report import write_readme_block
 
     write_readme_block(load_results().get(RESULT_KEY, {}))

@@ -190,6 +190,12 @@ def summary(result: dict) -> dict:
     }
 
 
+def with_runs(result: dict) -> dict:
+    """The stored form: each setting a run, and the verdict."""
+    runs = [{"setting": name, **row} for name, row in result["settings"].items()]
+    return {**result, "runs": runs, **summary(result)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", type=Path, help="real films (Kaggle layout); synthetic ones without it")
@@ -201,7 +207,7 @@ def main() -> None:
         print(json.dumps(measure_setting(args.data, json.loads(args.one))))
         return
     result = run(args.source, args.repeats)
-    record(RESULT_KEY, {**result, **summary(result)})
+    record(RESULT_KEY, with_runs(result))
     print(json.dumps(load_results()[RESULT_KEY]["settings"], indent=1))
 
 

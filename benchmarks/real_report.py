@@ -38,7 +38,7 @@ def _crop_lines(crop: dict) -> list[str]:
     ]
 
 
-def _search_lines(search: dict) -> list[str]:
+def _search_lines(search: dict, previous: dict | None = None) -> list[str]:
     if not search:
         return []
     lines = [
@@ -56,7 +56,16 @@ def _search_lines(search: dict) -> list[str]:
             f"| {mark}{c['description']}{mark} | {mark}{c['val_mae']:.2f}{mark} | {c['images_seen']:,} | {c['epochs']} | "
             f"{c['seconds_per_epoch']:.0f} | {c['planned_minutes']:.0f} | {c['precision']} |"
         )
-    return [*lines, "", f"Candidates tried: {len(search)}.", ""]
+    before = (
+        [
+            f"Before the search the recipe of record ({previous['description']}, {previous['date']}) reached a validation MAE "
+            f"of {previous['val_mae']:.2f} after {previous['epochs']} epochs ({previous['images_seen']:,} images).",
+            "",
+        ]
+        if previous
+        else []
+    )
+    return [*lines, "", f"Candidates tried: {len(search)}.", "", *before]
 
 
 def _recipe_lines(recipe: dict) -> list[str]:
@@ -84,11 +93,27 @@ def _recipe_lines(recipe: dict) -> list[str]:
         + ". By band: "
         + ", ".join(f"{k} {v['mae']:.1f} ({v['n']} films)" for k, v in _bands_in_order(m["by_age_band"]))
         + ".",
+        *_pace_lines(recipe, m),
         f"Goal ≤ 0.35× predict-the-mean: {'met' if m['ratio'] <= 0.35 else 'missed'} ({m['ratio']:.2f}×).",
         "",
         f"![validation MAE against training images seen]({CURVE_PNG.name})",
         "",
     ]
+    return lines
+
+
+def _pace_lines(recipe: dict, m: dict) -> list[str]:
+    """The pull toward the middle and the time it took (when recorded)."""
+    lines = []
+    if "slope" in m:
+        lines.append(f"Slope of predicted on true age {m['slope']:.2f} (1 is no pull toward the middle).")
+    if recipe.get("training_minutes"):
+        lines.append(f"Training took {recipe['training_minutes']:.0f} minutes.")
+    if recipe.get("wall_minutes"):
+        lines.append(
+            f"The whole `make real-data` from a fresh clone took {recipe['wall_minutes']:.0f} minutes of wall time, "
+            f"install included (the pipeline alone {recipe.get('pipeline_wall_minutes', float('nan')):.0f})."
+        )
     return lines
 
 
@@ -104,11 +129,12 @@ def _paired(variant: dict) -> str:
     return f"{diff:+.2f} ({lo:+.2f} to {hi:+.2f})"
 
 
-def _variant_lines(variants: dict) -> list[str]:
+def _variant_lines(variants: dict, measured: dict | None = None) -> list[str]:
     if not variants:
         return ["Equal-budget comparison: not measured yet (`python -m benchmarks.bench_real variants --source DIR`).", ""]
+    when = f"Measured {measured['date']} with {measured['recipe']}. " if measured else ""
     lines = [
-        "Side by side under one shorter budget, on the same splits: the InceptionV3 variants see the same number "
+        f"{when}Side by side under one shorter budget, on the same splits: the InceptionV3 variants see the same number "
         "of training images; the seed preset, whose 224 px step costs several of theirs, gets about their "
         "wall-clock time. The test split is read once per recipe; the 95% intervals are bootstraps over the test films "
         "(the paired one resamples the same films for both recipes). One training run each: neither interval covers "
@@ -168,9 +194,9 @@ def block(data: dict) -> str:
     return "\n".join(
         [
             *_crop_lines(data.get("crop", {})),
-            *_search_lines(data.get("search", {})),
+            *_search_lines(data.get("search", {}), data.get("previous_recipe")),
             *_recipe_lines(data.get("recipe", {})),
-            *_variant_lines(data.get("variants", {})),
+            *_variant_lines(data.get("variants", {}), data.get("variants_measured")),
             *_tried_line(data),
         ]
     )
