@@ -29,15 +29,16 @@ QUIET_LOGGERS = ("mlflow.store.db.utils", "alembic.runtime.migration")
 SECRET_MARKERS = ("password", "secret", "token", "credential", "key")
 
 
-# mlflow.set_tracking_uri() also writes MLFLOW_TRACKING_URI into os.environ; remember what we set,
-# so that a second run in the same process follows its own params, not the previous run's store.
-_uri_we_set: str | None = None
+# mlflow.set_tracking_uri() also writes MLFLOW_TRACKING_URI into os.environ; remember every store we
+# wrote there, so that a later run in the same process follows its own params, not an earlier run's
+# store (whichever of them the variable holds now).
+_uris_we_set: set[str] = set()
 
 
 def tracking_uri(params: Params) -> str:
     """MLFLOW_TRACKING_URI as the user set it wins; otherwise params' mlflow.tracking_uri."""
     env = os.environ.get("MLFLOW_TRACKING_URI")
-    return env if env and env != _uri_we_set else params.mlflow.tracking_uri
+    return env if env and env not in _uris_we_set else params.mlflow.tracking_uri
 
 
 def _ensure_local_store(uri: str) -> None:
@@ -95,11 +96,10 @@ def connect(params: Params) -> str:
             uri = local
             os.environ["MLFLOW_TRACKING_URI"] = local  # the later steps of this run follow
     _ensure_local_store(uri)
-    global _uri_we_set
     user_env = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
-    if os.environ.get("MLFLOW_TRACKING_URI") != user_env:
-        _uri_we_set = os.environ.get("MLFLOW_TRACKING_URI")
+    if os.environ.get("MLFLOW_TRACKING_URI") not in (user_env, None):
+        _uris_we_set.add(os.environ["MLFLOW_TRACKING_URI"])
     try:
         experiment = mlflow.get_experiment_by_name(params.mlflow.experiment)
         if experiment is None:
