@@ -233,20 +233,18 @@ def _window(predictor, films: list[Path], sink: Path, reference, expected: float
 
 
 def monitor(model: Path, manifest: Path) -> None:
-    """Clean windows of the model's test films (never trained on), the same films darkened and
-    turned, and synthetic films, each against the model's reference: what alerts and how far from
-    the limits each window lies."""
-    import pandas as pd
-
+    """Random clean windows of the model's test films (never trained on), the lowest test ids as a
+    window of their own, and the first clean window darkened and turned, each against the model's
+    reference: what alerts and how far from the limits each window lies."""
+    from boneage.contracts import read_manifest
     from boneage.serve.monitor_report import load_reference
     from boneage.serve.predict import Predictor
 
     params, predictor = bench_params(), Predictor.load(str(model))
     reference, expected = load_reference(str(model))
-    rows = pd.read_csv(manifest, dtype={"id": str})
-    rows = rows[rows["split"] == "test"]
+    rows = read_manifest(manifest).query("split == 'test'")
     test = [(manifest.parent / p).resolve() for p in rows["path"]]  # paths relative to it
-    sexes = {film: "M" if str(male).lower() == "true" else "F" for film, male in zip(rows["id"], rows["male"], strict=True)}
+    sexes = {film: "M" if male else "F" for film, male in zip(rows["id"], rows["male"], strict=True)}
     need = MONITOR_WINDOWS * MONITOR_WINDOW_FILMS
     if len(test) < need:
         raise SystemExit(f"{manifest}: {len(test)} test films, the monitor benchmark needs {need}")
