@@ -86,8 +86,13 @@ serve-env: $(SERVE_STAMP)
 # PYTEST_MARKERS picks the tests: all but the container ones by default; .ci/run adds those, in the
 # same session, so that they reuse its service stack and its `dvc repro` (make ci-tests).
 PYTEST_MARKERS ?= not containers
+# Two pytest-xdist workers: half the suite waits on processes, servers and files, not on the CPU.
+# A module runs whole on one worker (its fixtures are built once); the longest start first
+# (tests/conftest.py). PYTEST_WORKERS=0: one process.
+PYTEST_WORKERS ?= 2
+PYTEST_PARALLEL = -n $(PYTEST_WORKERS) --dist loadscope --no-loadscope-reorder
 test: setup lint serve-env
-	$(BIN)/python -m pytest -m "$(PYTEST_MARKERS)"
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "$(PYTEST_MARKERS)"
 
 # ruff: lint and format check over the whole codebase (pyproject.toml [tool.ruff]).
 lint: setup
@@ -95,7 +100,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow and not containers"
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "not slow and not containers"
 
 # The whole pipeline on whatever params.yaml says (as committed: the embedded synthetic dataset):
 # synth, ingest, preprocess, train, evaluate, register. The ensemble of its members: make demo-ensemble.

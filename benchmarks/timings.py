@@ -48,10 +48,11 @@ def _pipeline_seconds(log: Path) -> float | None:
     return None
 
 
-def _tests(clone: Path) -> dict:
+def _tests(clone: Path, command: str) -> dict:
     record_ = json.loads((clone / "reports" / "test-durations.json").read_text())
     slowest = dict(list(record_["durations"].items())[:SLOWEST])
-    return {k: record_[k] for k in ("tests", "outcomes", "session_seconds", "markers")} | {"slowest": slowest}
+    kept = {k: record_[k] for k in ("tests", "outcomes", "session_seconds", "markers")}
+    return kept | {"command": command, "workers": record_.get("workers", 1), "slowest": slowest}
 
 
 def run(only: list[str]) -> dict:
@@ -70,8 +71,8 @@ def run(only: list[str]) -> dict:
         done[name] = {"command": command, "seconds": round(seconds, 1), "goal_minutes": goal, "commit": commit}
         if name == "demo":
             done[name]["pipeline_seconds"] = _pipeline_seconds(log)
-        if name in ("test", "ci"):
-            tests = _tests(clone)
+        if name == "test" or (name == "ci" and "test" not in only):  # make test's own tests where it ran
+            tests = _tests(clone, command)
         print(f"{command}: {seconds / 60:.1f} min", flush=True)
     shutil.rmtree(clone.parent, ignore_errors=True)
     previous = load_results().get(RESULT_KEY, {})
@@ -106,7 +107,8 @@ def block(results: dict) -> str:
         ),
         "",
         f"Measured {m['date']} from a fresh clone on {m['cpu']} ({m['cores']} cores) by `benchmarks/timings.py`; "
-        f"`make test` ran {data['tests'].get('tests', '?')} tests ([docs/testing.md](docs/testing.md) lists the slowest).",
+        f"`{data['tests'].get('command', 'make test')}` ran {data['tests'].get('tests', '?')} tests "
+        "([docs/testing.md](docs/testing.md) lists the slowest).",
     ]
     return "\n".join(lines) + "\n"
 
@@ -115,10 +117,13 @@ def tests_block(results: dict) -> str:
     tests = results.get(RESULT_KEY, {}).get("tests")
     if not tests:
         return "Not measured yet: `python -m benchmarks.timings run --only test`.\n"
+    workers = tests.get("workers", 1)
     lines = [
-        f"The last timed `make test` (from a fresh clone, by `benchmarks/timings.py`): {tests['tests']} tests, "
-        f"{', '.join(f'{n} {k}' for k, n in tests['outcomes'].items())}, {tests['session_seconds'] / 60:.1f} minutes "
-        "of pytest. The slowest, with setup and teardown:",
+        f"The last timed `{tests.get('command', 'make test')}` (from a fresh clone, by `benchmarks/timings.py`): "
+        f"{tests['tests']} tests, {', '.join(f'{n} {k}' for k, n in tests['outcomes'].items())}, "
+        f"{tests['session_seconds'] / 60:.1f} minutes of pytest"
+        + (f" on {workers} workers side by side (so the tests' own times add up to more)" if workers > 1 else "")
+        + ". The slowest, with setup and teardown:",
         "",
         "| test | seconds |",
         "|---|---:|",

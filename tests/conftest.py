@@ -48,6 +48,49 @@ def require(path: Path) -> Path:
     return path
 
 
+# The modules that take minutes, in seconds of a whole run on 2 workers (reports/test-durations.json,
+# 2026-12-01): the estimate for a module the last run's file does not time (a fresh clone has none).
+LONGEST_MODULES = {
+    "tests/test_pipelines.py": 323.0,  # the scratch project's `dvc repro`, kfp.local, the batch pipeline
+    "tests/model/test_training.py": 190.0,
+    "tests/test_real_data_dvc.py": 108.0,
+    "tests/model/test_gpu_recipe.py": 91.0,
+    "tests/serve/test_monitor.py": 84.0,
+}
+
+
+def _module_seconds() -> dict[str, float]:
+    """Each module's seconds in the last run (DURATIONS_FILE) where it ran, else LONGEST_MODULES'."""
+    try:
+        durations = json.loads(DURATIONS_FILE.read_text())["durations"]
+    except (OSError, ValueError, KeyError):
+        durations = {}
+    seconds: dict[str, float] = {}
+    for nodeid, duration in durations.items():
+        module = nodeid.split("::")[0]
+        seconds[module] = seconds.get(module, 0.0) + duration
+    return {**LONGEST_MODULES, **seconds}
+
+
+def pytest_configure(config):
+    """Under pytest-xdist each worker (and every process it starts: `dvc repro`'s stages, servers)
+    gets its share of the cores for TensorFlow's thread pools, instead of every worker's pools
+    spinning on all of them at once."""
+    workers = getattr(config, "workerinput", {}).get("workercount")
+    if workers:
+        share = str(max(1, (os.cpu_count() or 1) // int(workers)))
+        for variable in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
+            os.environ.setdefault(variable, share)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Longest modules first. The workers (make test: pytest-xdist, a module to a worker) take the
+    modules in this order, so that neither is left alone with a long one at the end; the order
+    within a module is kept. Every worker reads the same file at collection, so all agree."""
+    seconds = _module_seconds()
+    items.sort(key=lambda item: -seconds.get(item.nodeid.split("::")[0], 0.0))  # stable: keeps each module's order
+
+
 _durations: dict[str, float] = {}
 _outcomes: dict[str, str] = {}
 _started = time.time()
@@ -68,8 +111,9 @@ def _cpu_model() -> str:
 
 
 def pytest_sessionfinish(session, exitstatus):
-    """Write every test's duration (a run of the whole suite or of part of it) where people look."""
-    if not _durations:
+    """Write every test's duration (a run of the whole suite or of part of it) where people look.
+    Under pytest-xdist the controller writes it, from the reports its workers send."""
+    if not _durations or hasattr(session.config, "workerinput"):
         return
     DURATIONS_FILE.parent.mkdir(exist_ok=True)
     record = {
@@ -77,6 +121,7 @@ def pytest_sessionfinish(session, exitstatus):
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
         "markers": session.config.getoption("markexpr") or "",
+        "workers": getattr(session.config.option, "numprocesses", None) or 1,
         "session_seconds": round(time.time() - _started, 1),
         "tests": len(_durations),
         "outcomes": {k: sum(v == k for v in _outcomes.values()) for k in sorted(set(_outcomes.values()))},
@@ -88,9 +133,13 @@ def pytest_sessionfinish(session, exitstatus):
 @pytest.fixture(autouse=True)
 def _tracking_store_left_as_found():
     """mlflow.set_tracking_uri() also writes MLFLOW_TRACKING_URI into os.environ, where it would
-    outrank every later test's own store (tracking.tracking_uri: the user's variable wins)."""
+    outrank every later test's own store (tracking.tracking_uri: the user's variable wins), and keeps
+    the store in MLflow's process-wide default, where a later test's `models:/` URI would look for
+    its model: both are put back as they were before the test."""
     before = os.environ.get("MLFLOW_TRACKING_URI")
     yield
+    if "mlflow" in sys.modules:
+        sys.modules["mlflow"].set_tracking_uri(None)  # no process-wide store (this also unsets the variable)
     if before is None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:

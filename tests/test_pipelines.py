@@ -401,6 +401,8 @@ def test_the_image_runs_as_a_non_root_user_and_holds_no_secrets():
 
 BATCH_FILMS = 24
 BATCH_SHARD_FILMS = 10
+# Check scores this close to 1 (the threshold) may fall on either side between two batchings.
+OOD_SCORE_TIE = 0.02
 
 
 def _upload_worklist(work: Path, prefix: str) -> list[Path]:
@@ -450,9 +452,17 @@ def test_the_batch_pipeline_scores_a_worklist_on_gcs_and_counts_every_row(projec
         scored = pd.read_csv(fh, dtype={"id": str}, keep_default_na=False)
     assert scored["csv_line"].tolist() == list(range(2, rows + 2))  # worklist order, every row
     local = predict_files(Predictor.load(model), films, sex="F", chronological_age=120)
-    assert scored["rejected"].iloc[:BATCH_FILMS].astype(bool).tolist() == [bool(r.rejected) for r in local]
-    months = pd.to_numeric(scored["bone_age_months"].iloc[:BATCH_FILMS], errors="coerce").dropna().tolist()
-    assert months == pytest.approx([r.bone_age_months for r in local if not r.rejected], abs=0.01)
+    # Shards of BATCH_SHARD_FILMS batch the films otherwise than one local call, which moves float
+    # sums in the last digits: a film whose check score sits at its threshold may go either way.
+    clear = [abs(r.ood_score - 1.0) > OOD_SCORE_TIE for r in local]
+    batch_refused = scored["rejected"].iloc[:BATCH_FILMS].astype(bool).tolist()
+    assert [b for b, c in zip(batch_refused, clear, strict=True) if c] == [
+        bool(r.rejected) for r, c in zip(local, clear, strict=True) if c
+    ]
+    batch_months = pd.to_numeric(scored["bone_age_months"].iloc[:BATCH_FILMS], errors="coerce").tolist()
+    both = [(b, r.bone_age_months) for b, r in zip(batch_months, local, strict=True) if not r.rejected and b == b]
+    assert len(both) >= BATCH_FILMS // 2
+    assert [b for b, _ in both] == pytest.approx([m for _, m in both], abs=0.01)
 
     client = mlflow.MlflowClient(tracking_uri=stack.mlflow_uri)
     experiment = client.get_experiment_by_name(yaml.safe_load((work / "params.yaml").read_text())["mlflow"]["experiment"])
