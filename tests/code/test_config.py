@@ -116,7 +116,7 @@ def test_every_key_the_code_reads_is_in_params_yaml_or_the_preset():
 def test_the_real_data_recipe_takes_nothing_from_the_demo():
     params = load_params(REPO / "params.yaml", {"preset": "rsna-cpu", "data.source": "data/raw"})
     demo = load_params(REPO / "params.yaml")
-    assert params.train.steps_per_epoch is None and demo.train.steps_per_epoch == 36
+    assert params.train.steps_per_epoch is None and demo.train.steps_per_epoch is not None  # whole passes vs a fixed budget
     assert params.train.augment != demo.train.augment
     assert params.train.budget_minutes == params.train.max_minutes == 60
     assert params.registered_model_name() == "boneage" and demo.registered_model_name() == "boneage-synthetic"
