@@ -1,6 +1,6 @@
-"""How long the commands a newcomer runs take, from a fresh clone: `make demo` (install included),
-`make demo-ensemble`, `make test-fast`, `make test` and `.ci/run`, timed by this script on a clone it
-makes itself, with the per-test durations `make test` leaves in reports/test-durations.json.
+"""How long the commands a newcomer runs take, from a fresh clone: `make demo`, `make demo-ensemble`,
+`make test-fast`, `make test` and `.ci/run`, each timed by this script on a fresh clone of its own
+(so each pays for its install), with the per-test durations `make test` leaves in reports/test-durations.json.
 Stored under "timings" in benchmarks/results.json; the README's and docs/testing.md's blocks are
 written from it (benchmarks/pages.py).
 
@@ -55,18 +55,25 @@ def _tests(clone: Path, command: str) -> dict:
     return kept | {"command": command, "workers": record_.get("workers", 1), "slowest": slowest}
 
 
-def run(only: list[str]) -> dict:
-    done = dict(load_results().get(RESULT_KEY, {}).get("commands", {}))
+def _fresh_clone() -> tuple[Path, str]:
+    """HEAD cloned into a temporary folder, with ../shared beside it as beside the project."""
     clone = Path(tempfile.mkdtemp(prefix="boneage-timings-")) / "boneage"
     subprocess.run(["git", "clone", "-q", str(PROJECT), str(clone)], check=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=clone, capture_output=True, text=True).stdout.strip()
     shared = PROJECT.parent / "shared"
-    if shared.is_dir() and not (clone.parent / "shared").exists():
+    if shared.is_dir():
         (clone.parent / "shared").symlink_to(shared)  # the tests read ../shared/data beside the clone
+    return clone, commit
+
+
+def run(only: list[str]) -> dict:
+    """Each command on its own fresh clone, so that each pays for its own install."""
+    done = dict(load_results().get(RESULT_KEY, {}).get("commands", {}))
     tests = None
     for name in only:
         command, goal = COMMANDS[name]
-        log = clone.parent / f"{name}.log"
+        clone, commit = _fresh_clone()
+        log = Path(tempfile.gettempdir()) / f"boneage-timings-{name}.log"
         seconds = _timed(command, clone, log)
         done[name] = {"command": command, "seconds": round(seconds, 1), "goal_minutes": goal, "commit": commit}
         if name == "demo":
@@ -74,7 +81,7 @@ def run(only: list[str]) -> dict:
         if name == "test" or (name == "ci" and "test" not in only):  # make test's own tests where it ran
             tests = _tests(clone, command)
         print(f"{command}: {seconds / 60:.1f} min", flush=True)
-    shutil.rmtree(clone.parent, ignore_errors=True)
+        shutil.rmtree(clone.parent, ignore_errors=True)
     previous = load_results().get(RESULT_KEY, {})
     return {"commands": done, "tests": tests or previous.get("tests", {}), "machine": machine()}
 
