@@ -24,7 +24,7 @@ IMAGE ?= $(REGISTRY)/boneage-gpu:$(VERSION)
 IMAGE_CPU ?= $(REGISTRY)/boneage-cpu:$(VERSION)
 PIPELINE_YAML ?= build/boneage-pipeline.yaml
 
-.PHONY: setup system-deps test test-fast demo demo-ensemble demo-next pipeline real-data bench-real bench-demo bench-ood bench-ensemble plots bench bench-gpu mlflow-ui serve serve-env serve-kserve image-serve lint clean help services services-down image lint-docker compile kfp-local submit docker-ready base-image ca-certificates image-gpu push test-containers image-local
+.PHONY: setup system-deps python-venv envs test test-fast demo demo-ensemble demo-next pipeline real-data bench-real bench-demo bench-ood bench-ensemble plots bench bench-gpu mlflow-ui serve serve-env serve-kserve image-serve lint clean help services services-down image lint-docker compile kfp-local submit docker-ready base-image ca-certificates image-gpu push test-containers image-local
 
 help:
 	@echo "make setup   install system packages and the pinned Python environment in $(VENV)"
@@ -55,17 +55,23 @@ system-deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-# Reinstalls only when the pins change. requirements.lock pins the whole tree; pyproject.toml the direct deps.
-$(STAMP): pyproject.toml requirements.lock
+# Debian splits venv (and the pip it bootstraps) out of the interpreter: python3.11-venv.
+python-venv: system-deps
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=python3.12"; exit 1; }
-	@# Debian splits venv (and the pip it bootstraps) out of the interpreter: python3.11-venv.
 	@$(PYTHON) -c "import venv, ensurepip" 2>/dev/null || { \
 	  pkg=$$(basename $(PYTHON))-venv; echo "installing Debian package: $$pkg"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$pkg; }
+
+# pip without byte-compiling every module it installs: Python compiles (and caches) the ones a
+# process imports, a fraction of TensorFlow's and MLflow's files.
+PIP_INSTALL = python -m pip install -q --no-compile
+
+# Reinstalls only when the pins change. requirements.lock pins the whole tree; pyproject.toml the direct deps.
+$(STAMP): pyproject.toml requirements.lock | python-venv
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c requirements.lock -e '.[$(EXTRAS)]'
+	$(BIN)/$(PIP_INSTALL) -c requirements.lock -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
 setup: system-deps $(STAMP)
@@ -74,11 +80,11 @@ setup: system-deps $(STAMP)
 # environment, from its own lock, with boneage installed into it without dependencies.
 SERVE_VENV := .venv-serve
 SERVE_STAMP := $(SERVE_VENV)/.installed
-$(SERVE_STAMP): requirements-serve.lock pyproject.toml | $(STAMP)
+$(SERVE_STAMP): requirements-serve.lock pyproject.toml | python-venv
 	test -x $(SERVE_VENV)/bin/python || $(PYTHON) -m venv $(SERVE_VENV)
 	$(SERVE_VENV)/bin/python -m pip install -q --upgrade pip
-	$(SERVE_VENV)/bin/python -m pip install -q -r requirements-serve.lock
-	$(SERVE_VENV)/bin/python -m pip install -q --no-deps -e .
+	$(SERVE_VENV)/bin/$(PIP_INSTALL) -r requirements-serve.lock
+	$(SERVE_VENV)/bin/$(PIP_INSTALL) --no-deps -e .
 	touch $(SERVE_STAMP)
 
 serve-env: $(SERVE_STAMP)
@@ -91,7 +97,10 @@ PYTEST_MARKERS ?= not containers
 # (tests/conftest.py). PYTEST_WORKERS=0: one process.
 PYTEST_WORKERS ?= 2
 PYTEST_PARALLEL = -n $(PYTEST_WORKERS) --dist loadscope --no-loadscope-reorder
-test: setup lint serve-env
+# The two environments install side by side: each pip is mostly one core's work.
+envs:
+	$(MAKE) --no-print-directory -j2 setup serve-env
+test: envs lint
 	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "$(PYTEST_MARKERS)"
 
 # ruff: lint and format check over the whole codebase (pyproject.toml [tool.ruff]).
