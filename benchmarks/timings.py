@@ -104,12 +104,12 @@ def block(results: dict) -> str:
         return "Not measured yet: `python -m benchmarks.timings run` times them from a fresh clone.\n"
     m = data["machine"]
     lines = [
-        "| command | minutes | goal |",
-        "|---|---:|---:|",
+        "| command | minutes | goal | commit |",
+        "|---|---:|---:|---|",
         *(
             f"| `{v['command']}` | {v['seconds'] / 60:.1f}"
             + (f" (pipeline {v['pipeline_seconds'] / 60:.1f})" if v.get("pipeline_seconds") else "")
-            + f" | {'≤ ' + str(v['goal_minutes']) if v.get('goal_minutes') else '–'} |"
+            + f" | {'≤ ' + str(v['goal_minutes']) if v.get('goal_minutes') else '–'} | {v.get('commit', '?')} |"
             for v in data["commands"].values()
         ),
         "",
