@@ -5,6 +5,7 @@ rendered into docs/synthetic-data.md's "Demo results" block.
 
     python -m benchmarks.bench_demo search --seeds 42 1 2   # candidate recipes, validation only
     python -m benchmarks.bench_demo run --seeds 42 1 2      # the recipe of record, test read once a seed
+    python -m benchmarks.bench_demo pairs --seeds 42 1 2    # beside each run: the recipe without sex
     python -m benchmarks.bench_demo readme                  # re-render the docs block only
 
 Each seed draws its own synthetic films, split and initial weights, so the spread is that of the
@@ -238,7 +239,7 @@ def write_readme_block(data: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=("search", "run", "readme"))
+    parser.add_argument("part", choices=("search", "run", "pairs", "readme"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2])
     parser.add_argument("--no-sex-pairs", action="store_true", help="run: skip the same recipe without the sex input")
     parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
@@ -255,6 +256,14 @@ def main() -> None:
                 data = load_results().get(RESULT_KEY, {})
                 record(RESULT_KEY, {**data, "search": found})
         return
+    if args.part == "pairs":  # the runs of record's pairs without sex, on the films and split they used
+        for seed in args.seeds:
+            print(f"== demo without the sex input, seed {seed}", flush=True)
+            data = load_results().get(RESULT_KEY, {})
+            root, params = _seed_params(seed)
+            without = _without_sex(params, root)
+            runs = [{**r, "no_sex": without} if r["seed"] == seed else r for r in data["runs"]]
+            record(RESULT_KEY, {**data, "runs": runs})
     if args.part == "run":
         runs = []
         for seed in args.seeds:
