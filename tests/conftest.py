@@ -59,6 +59,10 @@ LONGEST_MODULES = {
 }
 
 
+def _module(nodeid: str) -> str:
+    return nodeid.split("::")[0]
+
+
 def _module_seconds() -> dict[str, float]:
     """Each module's seconds in the last run (DURATIONS_FILE) where it ran, else LONGEST_MODULES'."""
     try:
@@ -67,8 +71,7 @@ def _module_seconds() -> dict[str, float]:
         durations = {}
     seconds: dict[str, float] = {}
     for nodeid, duration in durations.items():
-        module = nodeid.split("::")[0]
-        seconds[module] = seconds.get(module, 0.0) + duration
+        seconds[_module(nodeid)] = seconds.get(_module(nodeid), 0.0) + duration
     return {**LONGEST_MODULES, **seconds}
 
 
@@ -88,7 +91,7 @@ def pytest_collection_modifyitems(config, items):
     modules in this order, so that neither is left alone with a long one at the end; the order
     within a module is kept. Every worker reads the same file at collection, so all agree."""
     seconds = _module_seconds()
-    items.sort(key=lambda item: -seconds.get(item.nodeid.split("::")[0], 0.0))  # stable: keeps each module's order
+    items.sort(key=lambda item: -seconds.get(_module(item.nodeid), 0.0))  # stable: keeps each module's order
 
 
 _durations: dict[str, float] = {}
