@@ -108,8 +108,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# One process: nothing here waits long enough for a second worker to pay for its start (74 s on 2
-# workers against 58-73 s in one, 2026-12-01).
+# One process: two workers measured no faster here (74 s, against 58-84 s in one, 2026-12-01/02).
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow and not containers"
 
