@@ -163,12 +163,12 @@ def block(data: dict) -> str:
     m = data["machine"]
     mean = statistics.mean
     bands = list(runs[0]["by_age_band"])
-    r = runs[0].get("recipe") or {"image_size": 96, "epochs": 9, "steps_per_epoch": 36, "batch_size": 32, "learning_rate": 1e-3}
+    recipe = runs[0]["recipe"]
     lines = [
         f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores, TensorFlow {m['tensorflow']}): "
         f"{len(runs)} runs of the recipe `make demo` runs (`preset: {runs[0]['preset']}`: InceptionV3 + sex, random "
-        f"initial weights, {r['image_size']} px, {r['epochs']} epochs × {r['steps_per_epoch']} steps of "
-        f"{r['batch_size']} images, learning rate {r['learning_rate']:g} with cosine decay, precise BatchNorm, bias "
+        f"initial weights, {recipe['image_size']} px, {recipe['epochs']} epochs × {recipe['steps_per_epoch']} steps of "
+        f"{recipe['batch_size']} images, learning rate {recipe['learning_rate']:g} with cosine decay, precise BatchNorm, bias "
         f"correction from the validation split), seeds {', '.join(str(r['seed']) for r in runs)}. Each seed draws "
         "its own synthetic films, split and initial weights; mean ± SD over the runs:",
         "",
