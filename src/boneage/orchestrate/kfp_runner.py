@@ -77,8 +77,10 @@ def _artifact_path(value) -> str:
 
 
 RUNNERS = ("subprocess", "docker")
-# What a step in a container needs from this shell's environment: the MLflow server's credentials
-# and the GCS emulator (`boneage services env`). Nothing else of the host's environment goes in.
+# What a step in a container needs from this shell's environment: the MLflow server's credentials,
+# the GCS emulator (`boneage services env`) and the CPU threads the caller gave TensorFlow (a step
+# in a container then computes as the same step run here does: thread count changes the order of
+# float sums, and a short training amplifies it). Nothing else of the host's environment goes in.
 CONTAINER_ENV_PASSTHROUGH = (
     "MLFLOW_TRACKING_URI",
     "MLFLOW_TRACKING_USERNAME",
@@ -86,6 +88,9 @@ CONTAINER_ENV_PASSTHROUGH = (
     "STORAGE_EMULATOR_HOST",
     "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT",
     "GOOGLE_APPLICATION_CREDENTIALS",
+    "TF_NUM_INTRAOP_THREADS",
+    "TF_NUM_INTEROP_THREADS",
+    "OMP_NUM_THREADS",
 )
 
 
