@@ -129,23 +129,29 @@ def orientation(predictor, source: Path, test: pd.DataFrame, out: Path) -> dict:
     return {"films_per_view": len(ids), "views": views}
 
 
+def ramp_image(rng: np.random.Generator, height: int, width: int, dtype=np.uint8) -> np.ndarray:
+    """A smooth ramp (any direction and range) or a radial gradient: no edge at all. Even draws are
+    radial, odd ones linear, so that a sequence from one generator holds both kinds alike."""
+    top = np.iinfo(dtype).max
+    yy, xx = np.mgrid[0:height, 0:width] / max(height, width)
+    lo, hi = sorted(rng.uniform(0, top, 2))
+    if rng.integers(2):
+        angle = rng.uniform(0, 2 * np.pi)
+        t = np.cos(angle) * xx + np.sin(angle) * yy
+    else:
+        cx, cy = rng.uniform(0.2, 0.8, 2)
+        t = np.clip(np.hypot(xx - cx, yy - cy) / 0.8, 0, 1)
+    return (lo + (hi - lo) * (t - t.min()) / max(np.ptp(t), 1e-6)).astype(dtype)
+
+
 def ramps(predictor, out: Path, seed: int = 0) -> dict:
-    """Smooth ramps (any direction and range) and radial gradients: no bone edges at all."""
+    """Smooth ramps and radial gradients, scored as users' files: every one should be refused."""
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)
-    yy, xx = np.mgrid[0:RAMP_SIDE, 0:RAMP_SIDE] / RAMP_SIDE
     files = []
     for i in range(RAMPS):
-        lo, hi = sorted(rng.uniform(0, 255, 2))
-        if i % 2:
-            angle = rng.uniform(0, 2 * np.pi)
-            t = (np.cos(angle) * xx + np.sin(angle) * yy) / (abs(np.cos(angle)) + abs(np.sin(angle)))
-        else:
-            cx, cy = rng.uniform(0.2, 0.8, 2)
-            t = np.clip(np.hypot(xx - cx, yy - cy) / 0.8, 0, 1)
-        image = (lo + (hi - lo) * (t - t.min()) / max(np.ptp(t), 1e-6)).astype(np.uint8)
-        cv2.imwrite(str(out / f"ramp{i:03d}.png"), image)
         files.append(out / f"ramp{i:03d}.png")
+        cv2.imwrite(str(files[-1]), ramp_image(rng, RAMP_SIDE, RAMP_SIDE))
     scored = _score(predictor, files, ["F"] * len(files))
     return {"images": len(files), "refused": int((scored["rejected"] != "").sum())}
 

@@ -7,7 +7,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import bench_demo, bench_ensemble, bench_framing, bench_ood, bench_serving, figures, real_report, timings
+from benchmarks import (
+    bench_demo,
+    bench_edges,
+    bench_ensemble,
+    bench_framing,
+    bench_ood,
+    bench_serving,
+    figures,
+    real_report,
+    timings,
+)
 from benchmarks.common import BENCH_BLOCK, BENCH_PAGE, DOCS, README, load_results, markdown_table, replace_block
 
 # (page, block name) -> the block's text, from the whole results file
@@ -18,6 +28,7 @@ BLOCKS: dict[tuple[Path, str], Callable[[dict], str]] = {
     (bench_demo.PAGE, bench_demo.BLOCK): lambda r: bench_demo.block(r.get(bench_demo.RESULT_KEY, {})),
     (real_report.PAGE, real_report.BLOCK): lambda r: real_report.block(r.get("real_data", {})),
     (bench_framing.PAGE, bench_framing.BLOCK): lambda r: bench_framing.block(r.get(bench_framing.RESULT_KEY, {})),
+    (bench_edges.PAGE, bench_edges.BLOCK): lambda r: bench_edges.block(r.get(bench_edges.RESULT_KEY, {})),
     (bench_ensemble.PAGE, bench_ensemble.BLOCK): lambda r: bench_ensemble.block(r.get(bench_ensemble.RESULT_KEY, {})),
     (bench_ood.PAGE, bench_ood.BLOCK): lambda r: bench_ood.block(r.get(bench_ood.RESULT_KEY, {})),
     (DOCS / "testing.md", "tests"): timings.tests_block,

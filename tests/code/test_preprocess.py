@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from boneage.config import Params, PreprocessConfig
-from boneage.data.handcrop import Box, locate_hand, normalise_contrast, prepare, uint8_percentile
+from boneage.data.handcrop import NO_EDGES_REASON, Box, locate_hand, normalise_contrast, prepare, uint8_percentile
 from boneage.data.imaging import read_radiograph
 from boneage.errors import BadInputError
 from tests.conftest import FIXTURES, RSNA_SAMPLE, dicom_file, hand_like, require
@@ -66,6 +66,37 @@ def test_crop_ignores_border_and_marker():
 def test_blank_film_has_no_hand():
     with pytest.raises(BadInputError, match="no hand found"):
         locate_hand(np.full((300, 200), 30, np.uint8), PreprocessConfig())
+
+
+def _ramp(height: int, width: int, radial: bool, top: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:height, 0:width] / max(height, width)
+    t = np.clip(np.hypot(xx - 0.4, yy - 0.6) / 0.8, 0, 1) if radial else 0.3 * xx + 0.7 * yy
+    return (0.1 * top + 0.8 * top * (t - t.min()) / np.ptp(t)).astype(np.uint16 if top > 255 else np.uint8)
+
+
+def _with_noise(pixels: np.ndarray, sd: float) -> np.ndarray:
+    noisy = pixels + np.random.default_rng(0).normal(0.0, sd, pixels.shape)
+    return np.clip(noisy, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("pixels", "kind"),
+    [
+        (_ramp(2080, 1600, radial=False, top=255), "a linear ramp"),
+        (_ramp(256, 256, radial=True, top=255), "a radial gradient"),
+        (_ramp(1024, 768, radial=True, top=65535), "a 16-bit radial gradient"),
+        (
+            _with_noise(_ramp(2080, 1600, radial=False, top=255), sd=2.0),
+            "a flat field with sensor noise (sd 2 grey levels)",
+        ),
+    ],
+)
+@pytest.mark.parametrize("crop", ["locator", "hand", "none"])
+def test_an_image_with_no_edges_is_refused_as_no_radiograph(pixels, kind, crop):
+    """Contrast equalisation would draw blobs and bands into these; no crop or model may see them."""
+    with pytest.raises(BadInputError) as refused:
+        prepare(pixels, PreprocessConfig(crop=crop))
+    assert refused.value.reason == NO_EDGES_REASON, kind
 
 
 def test_prepare_is_square_uint8_and_keeps_aspect():

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from boneage.config import PreprocessConfig, load_params
-from boneage.data.handcrop import LOCATORS, Box
+from boneage.data.handcrop import LOCATORS, MIN_EDGE_LEVELS, Box, edge_levels, edge_thumbnail, prepare
 from boneage.data.imaging import read_radiograph
 from boneage.data.ingest import assign_split
 from boneage.errors import BadInputError
@@ -30,6 +30,9 @@ RECIPE = load_params(REPO / "params.yaml", {"preset": "rsna-cpu"})
 MIN_UNSEEN_GOOD = 127
 # The first rules kept the collimation field on about half of the films.
 MAX_FIRST_RULES_GOOD_SHARE = 0.5
+# The faintest of all 12,611 films by the edge test (benchmarks/bench_edges.py measured every one):
+# 9, 11, 11, 12 and 12 grey levels against a limit of 6.
+FAINTEST_FILMS = ("3361", "3858", "2856", "3320", "3325")
 
 
 def _crop(job: tuple[str, str]) -> tuple[str, tuple | None]:
@@ -106,3 +109,15 @@ def test_a_film_cropped_to_the_hand_keeps_its_whole_hand(crop):
         box = LOCATORS[crop](hand_only, PreprocessConfig(crop=crop))
         whole = Box(0, 0, hand_only.shape[1], hand_only.shape[0])
         assert box.covered_fraction(whole) >= 0.95, (box, whole)
+
+
+def test_the_faintest_real_films_and_every_full_resolution_sample_have_edges_enough():
+    """The edge test refuses ramps and flat fields (tests/code/test_preprocess.py); no real film may
+    be among what it refuses, not the faintest 100 px copy nor any full-resolution film."""
+    films = {i: require(RSNA_100PX / "boneage-training-dataset" / f"{i}.png") for i in FAINTEST_FILMS}
+    films |= {p.stem: p for p in sorted(require(RSNA_SAMPLE / "boneage-training-dataset").glob("*.png"))}
+    assert len(films) == len(FAINTEST_FILMS) + 40
+    for image_id, path in films.items():
+        pixels = read_radiograph(path, RECIPE.data.max_image_pixels).pixels
+        assert edge_levels(edge_thumbnail(pixels)) >= MIN_EDGE_LEVELS, image_id
+        prepare(pixels, RECIPE.preprocess)  # refuses nothing

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import requests
 
@@ -94,3 +96,21 @@ def _stop(server: subprocess.Popen) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(server.pid, signal.SIGTERM)
     server.wait(timeout=60)
+
+
+def smooth_ramp_png(folder: Path) -> Path:
+    """A smooth grey ramp: no edges at all, so it is refused before any model sees it."""
+    path = folder / "ramp.png"
+    cv2.imwrite(str(path), np.tile(np.linspace(20, 230, 256), (256, 1)).astype(np.uint8))
+    return path
+
+
+def photograph_png(folder: Path) -> Path:
+    """A photograph in grey (matplotlib's sample of Grace Hopper): edges enough to pass the edge
+    test, so it is the model's out-of-distribution check that refuses it."""
+    import matplotlib
+
+    path = folder / "photograph.png"
+    photo = cv2.imread(str(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"), cv2.IMREAD_GRAYSCALE)
+    cv2.imwrite(str(path), photo)
+    return path

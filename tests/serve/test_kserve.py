@@ -8,14 +8,12 @@ from __future__ import annotations
 import base64
 from types import SimpleNamespace
 
-import cv2
-import numpy as np
 import pytest
 import requests
 
 from boneage.data.imaging import read_radiograph
 from boneage.serve.monitoring import read_records
-from tests.serve.conftest import KSERVE, served
+from tests.serve.conftest import KSERVE, photograph_png, served, smooth_ramp_png
 
 # Slow: the module serves the shared small model with `make serve-kserve`, once.
 pytestmark = pytest.mark.slow
@@ -102,10 +100,13 @@ def test_a_request_without_instances_is_400(kserve):
 
 
 def test_an_out_of_distribution_film_is_refused_with_its_reason(tmp_path, kserve):
-    ramp = tmp_path / "ramp.png"
-    cv2.imwrite(str(ramp), np.tile(np.linspace(20, 230, 256), (256, 1)).astype(np.uint8))
-    reply = requests.post(kserve.predict, json={"instances": [_instance(ramp)]}, timeout=120)
+    reply = requests.post(kserve.predict, json={"instances": [_instance(photograph_png(tmp_path))]}, timeout=120)
     assert reply.status_code == 400 and "out of distribution" in reply.text
+
+
+def test_an_image_with_no_edges_is_refused_as_no_radiograph(tmp_path, kserve):
+    reply = requests.post(kserve.predict, json={"instances": [_instance(smooth_ramp_png(tmp_path))]}, timeout=120)
+    assert reply.status_code == 400 and "has no edges" in reply.text
 
 
 def test_readiness_and_liveness(kserve):
@@ -118,9 +119,7 @@ def test_readiness_and_liveness(kserve):
 
 def test_every_film_sent_leaves_a_record_for_the_monitor(trained_small, kserve, tmp_path):
     before = len(read_records(str(kserve.records)))
-    ramp = tmp_path / "ramp.png"
-    cv2.imwrite(str(ramp), np.tile(np.linspace(20, 230, 256), (256, 1)).astype(np.uint8))
-    films = [*trained_small.accepted[:2], ramp]
+    films = [*trained_small.accepted[:2], photograph_png(tmp_path)]
     requests.post(kserve.predict, json={"instances": [_instance(f) for f in films]}, timeout=120)
     records = read_records(str(kserve.records)).iloc[before:]
     assert len(records) == len(films)

@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import base64
 
-import cv2
-import numpy as np
 import pytest
 import requests
 
 from boneage.contracts import INTENDED_USE_NOTICE
 from boneage.data.imaging import read_radiograph
 from tests.conftest import FIXTURES
-from tests.serve.conftest import served
+from tests.serve.conftest import photograph_png, served, smooth_ramp_png
 
 # Slow: each test serves a model with `make serve`.
 pytestmark = pytest.mark.slow
@@ -63,9 +61,9 @@ def test_rest_round_trip_through_the_readme_serving_command(trained_small, regis
         assert "SYNTHETIC-TRAINED MODEL" in row["warning"] and row["call"] is None and row["sds"] is None
         assert row["notice"] == INTENDED_USE_NOTICE
 
-        ramp = cv2.imencode(".png", np.tile(np.linspace(20, 230, 256), (256, 1)).astype(np.uint8))[1]
         for bad, why in [
-            ({**_record(png), "image": base64.b64encode(ramp.tobytes()).decode()}, "out of distribution"),
+            (_record(photograph_png(tmp_path)), "out of distribution"),
+            (_record(smooth_ramp_png(tmp_path)), "has no edges"),
             ({**_record(png), "sex": "X"}, "not M or F"),
             ({**_record(png), "image": base64.b64encode(b"hello").decode()}, "row 0"),
             ({**_record(png), "image": "***"}, "base64"),

@@ -33,6 +33,18 @@ MARKER_PERCENTILE = 99.0
 MIN_HAND_CONTRAST = 8.0
 # A film whose thumbnail spans fewer grey levels than this is blank.
 BLANK_RANGE = 8
+# A radiograph has edges (the hand's outline, bone cortex); an image with none (a smooth ramp or
+# gradient, a flat-field exposure) is not one. The test: the EDGE_PERCENTILE-th percentile of
+# |Laplacian| (grey levels) of a thumbnail EDGE_SIDE px square (never enlarged). Measured by
+# benchmarks/bench_edges.py: real RSNA films 9 and up (all 12,611 at 100 px), 69 and up (the 40 at
+# full size), synthetic films 72 and up; linear and radial ramps of 100 px and more, 8 or 16 bit,
+# and at film size with sensor noise, 4 at most. The limit sits between (1.5x below the faintest film).
+EDGE_SIDE = 96
+EDGE_PERCENTILE = 98.0
+MIN_EDGE_LEVELS = 6.0
+NO_EDGES_REASON = (
+    "no hand found: the image has no edges (a smooth ramp, gradient or flat field), so it is not a radiograph"
+)
 # Where between the background and Otsu's level the hand starts; chosen on the 400 people's boxes
 # over 0.3-1.0: lower levels let the field's penumbra in, higher ones cut the fingertips.
 HAND_LEVEL_FRACTION = 0.8
@@ -143,6 +155,27 @@ def _blurred_thumbnail(pixels: np.ndarray, cfg: PreprocessConfig) -> tuple[np.nd
 def _refuse_blank(thumb: np.ndarray) -> None:
     if int(thumb.max()) - int(thumb.min()) < BLANK_RANGE:
         raise BadInputError("no hand found: image is blank")
+
+
+def edge_thumbnail(pixels: np.ndarray) -> np.ndarray:
+    """The square the edge test reads: EDGE_SIDE px, or the image's own smaller side (never enlarged)."""
+    side = min(EDGE_SIDE, *pixels.shape)
+    return cv2.resize(_to_uint8(pixels), (side, side), interpolation=cv2.INTER_AREA)
+
+
+def edge_levels(thumb: np.ndarray) -> float:
+    """How much edge a thumbnail has: the EDGE_PERCENTILE-th percentile of |Laplacian| in grey
+    levels, the outermost pixels left out."""
+    laplacian = np.abs(cv2.Laplacian(thumb.astype(np.float32), cv2.CV_32F, ksize=1))[1:-1, 1:-1]
+    return float(np.percentile(laplacian, EDGE_PERCENTILE)) if laplacian.size else 0.0
+
+
+def refuse_edgeless(pixels: np.ndarray) -> None:
+    """Refuse a blank image, or one with no edges at all: what a model says of it is no bone age."""
+    thumb = edge_thumbnail(pixels)
+    _refuse_blank(thumb)
+    if edge_levels(thumb) < MIN_EDGE_LEVELS:
+        raise BadInputError(NO_EDGES_REASON)
 
 
 def _mask_at(blurred: np.ndarray, level: float) -> np.ndarray:
@@ -372,6 +405,7 @@ def prepare(pixels: np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarray, Box]
     """Radiograph pixels -> (model-ready uint8 square image, the crop box used)."""
     h, w = pixels.shape
     side = cfg.image_size
+    refuse_edgeless(pixels)
     if cfg.crop == "none":
         # The seed recipe: squash the whole film to a square, distorting the aspect ratio.
         squashed = cv2.resize(pixels, (side, side), interpolation=cv2.INTER_AREA)
