@@ -11,7 +11,8 @@
 
 Settings, from what the recipe trained with before this benchmark to what it trains with now:
 `before` (float32, batch 32, PNGs decoded every epoch through a shuffle buffer), then each change
-alone, then `recipe` (the rsna-cpu preset as committed).
+alone, then `recipe` (the rsna-cpu preset as committed), then the recipe with XLA (`train.jit_compile`),
+a lever it does not pull.
 
     python -m benchmarks.bench_train_speed [--source ../shared/data/rsna-100px] [--repeats 3]
 """
@@ -41,6 +42,8 @@ SETTINGS = {
     "bfloat16 (oneDNN)": {**BEFORE, "train.mixed_precision": "auto"},
     "batch 128": {**BEFORE, "train.batch_size": 128},
     "recipe": {},
+    # A lever the recipe does not pull, measured beside it: XLA on this CPU.
+    "recipe with XLA (jit_compile)": {"train.jit_compile": True},
 }
 GOAL_SPEEDUP, GOAL_BOUND = 1.5, 0.6
 
