@@ -35,7 +35,9 @@ SYNTHETIC_SIDES = (100, 128, 256, 512)
 RAMP_SIZES = ((100, 100), (256, 256), (1024, 768), (2080, 1600), (3000, 2400))
 FLAT_FIELD_SIZES = ((1024, 768), (2080, 1600), (3000, 2400))  # film sizes
 RAMPS_PER_SIZE = 40  # of each bit depth
-NOISE_SD = 2.0  # grey levels (8 bit) of sensor noise on a flat-field exposure
+# Sensor noise on a flat-field exposure, in grey levels of the scale the edge test reads: 8-bit
+# levels, or a 16-bit image's own brightest pixel taken as 255 (as boneage.data.handcrop reads it).
+NOISE_SD = 2.0
 QUANTILE = 0.001
 
 
@@ -60,7 +62,8 @@ def _ramps(sizes, seed: int = 0, noise_sd: float = 0.0) -> Iterator[np.ndarray]:
                 image = ramp_image(rng, height, width, dtype)
                 if noise_sd:
                     top = np.iinfo(dtype).max
-                    noise = rng.normal(0.0, noise_sd * (top + 1) / 256, image.shape)
+                    level = 1.0 if dtype == np.uint8 else max(1, int(image.max())) / 255
+                    noise = rng.normal(0.0, noise_sd * level, image.shape)
                     image = np.clip(image + noise, 0, top).astype(dtype)
                 yield image
 
@@ -110,9 +113,9 @@ def summary(d: dict) -> dict:
     return {
         "title": "the edge test: images with no edges refused, real films kept",
         "summary": (
-            f"films refused {films_refused}/{films_n:,} (the faintest at {min(r['least'] for r in films):.0f} grey "
+            f"films refused {films_refused}/{films_n:,} (the faintest at {min(r['least'] for r in films):.1f} grey "
             f"levels, limit {d['test']['limit']:g}); ramps and gradients refused {others_refused}/{others_n} "
-            f"(the most edged at {max(r['most'] for r in others):.0f})"
+            f"(the most edged at {max(r['most'] for r in others):.1f})"
         ),
         "goal": "no film refused, every ramp and gradient refused",
         "verdict": "met" if films_refused == 0 and others_refused == others_n else "missed",

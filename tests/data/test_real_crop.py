@@ -11,6 +11,7 @@ import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 
 import cv2
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -31,8 +32,8 @@ MIN_UNSEEN_GOOD = 127
 # The first rules kept the collimation field on about half of the films.
 MAX_FIRST_RULES_GOOD_SHARE = 0.5
 # The faintest of all 12,611 films by the edge test (benchmarks/bench_edges.py measured every one):
-# 9, 11, 11, 12 and 12 grey levels against a limit of 6.
-FAINTEST_FILMS = ("3361", "3858", "2856", "3320", "3325")
+# 8.8, 10.6, 11.1, 11.2 and 11.5 grey levels against a limit of 5.
+FAINTEST_FILMS = ("3361", "2856", "3858", "2476", "2664")
 
 
 def _crop(job: tuple[str, str]) -> tuple[str, tuple | None]:
@@ -121,3 +122,17 @@ def test_the_faintest_real_films_and_every_full_resolution_sample_have_edges_eno
         pixels = read_radiograph(path, RECIPE.data.max_image_pixels).pixels
         assert edge_levels(edge_thumbnail(pixels)) >= MIN_EDGE_LEVELS, image_id
         prepare(pixels, RECIPE.preprocess)  # refuses nothing
+
+
+def test_a_12_bit_film_stored_in_16_bits_is_not_taken_for_a_ramp():
+    """A film whose values reach 4095, not 65535 (12 bits in a 16-bit file): the edge test reads it
+    against its own brightest pixel, so it keeps the edges its 8-bit copy has. Read as if it
+    reached 65535, the faintest full-resolution film would have a sixteenth of them: too few."""
+    films = [
+        read_radiograph(p, RECIPE.data.max_image_pixels).pixels
+        for p in require(RSNA_SAMPLE / "boneage-training-dataset").glob("*.png")
+    ]
+    film = min(films, key=lambda pixels: edge_levels(edge_thumbnail(pixels)))
+    twelve_bit = (film.astype(np.uint16) << 4) if film.dtype == np.uint8 else film >> 4
+    assert twelve_bit.dtype == np.uint16 and twelve_bit.max() <= 4095
+    prepare(twelve_bit, RECIPE.preprocess)  # refuses nothing
