@@ -82,7 +82,9 @@ def pytest_configure(config):
     workers = getattr(config, "workerinput", {}).get("workercount")
     if workers:
         share = str(max(1, (os.cpu_count() or 1) // int(workers)))
-        for variable in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
+        from boneage.contracts import THREAD_VARIABLES
+
+        for variable in THREAD_VARIABLES:
             os.environ.setdefault(variable, share)
 
 

@@ -23,6 +23,7 @@ import requests
 import yaml
 from scipy import stats
 
+from boneage.contracts import THREAD_VARIABLES
 from boneage.data import gcs
 from boneage.model.ood import PARTS
 from boneage.orchestrate import services
@@ -75,7 +76,7 @@ def project(tmp_path_factory, stack) -> tuple[Path, dict, subprocess.CompletedPr
         # runner passes these through), however the suite is run: with two, float sums land in
         # another order from run to run, and the tiny ensemble's val MAE moved by 2 months (18.1
         # against 20.2), so no two runners could be compared.
-        **dict.fromkeys(("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"), "1"),
+        **dict.fromkeys(THREAD_VARIABLES, "1"),
     }
     run(["git", "init", "-q"], work, env)
     run(["dvc", "init", "-q"], work, env)

@@ -200,3 +200,7 @@ def noise_floor_mae(label_noise_sd: float) -> float:
     """The synthetic labels' irreducible error: the MAE of a perfect model against labels with
     Gaussian rater noise, E|N(0, sd)| = sd * sqrt(2/pi)."""
     return label_noise_sd * math.sqrt(2.0 / math.pi)
+
+
+# The environment variables that size TensorFlow's and OpenMP's thread pools in a process.
+THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")

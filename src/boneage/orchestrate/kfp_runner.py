@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from boneage.config import Params
+from boneage.contracts import THREAD_VARIABLES
 from boneage.data.sources import resolve_source
 from boneage.errors import BoneageError
 from boneage.orchestrate.batch_pipeline import build_batch
@@ -88,9 +89,7 @@ CONTAINER_ENV_PASSTHROUGH = (
     "STORAGE_EMULATOR_HOST",
     "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT",
     "GOOGLE_APPLICATION_CREDENTIALS",
-    "TF_NUM_INTRAOP_THREADS",
-    "TF_NUM_INTEROP_THREADS",
-    "OMP_NUM_THREADS",
+    *THREAD_VARIABLES,
 )
 
 
