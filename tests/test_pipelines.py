@@ -73,9 +73,8 @@ def project(tmp_path_factory, stack) -> tuple[Path, dict, subprocess.CompletedPr
         **stack.client_env(),
         "BONEAGE_TEST_PG_DSN": stack.postgres_dsn,
         # One TensorFlow thread in every step of this module, here and in the containers (the Docker
-        # runner passes these through), however the suite is run: with two, float sums land in
-        # another order from run to run, and the tiny ensemble's val MAE moved by 2 months (18.1
-        # against 20.2), so no two runners could be compared.
+        # runner passes these through), however the suite is run: the runners compared here then do
+        # the same float sums in the same order.
         **dict.fromkeys(THREAD_VARIABLES, "1"),
     }
     run(["git", "init", "-q"], work, env)

@@ -17,6 +17,9 @@ from boneage.errors import BoneageError
 from boneage.model.network import IMAGE_INPUT, SEX_INPUT
 
 AUTOTUNE = tf.data.AUTOTUNE
+# Pass p of a training dataset shuffles with seed * PASS_SEED_STRIDE + p: distinct for every pass of
+# every seed below the stride.
+PASS_SEED_STRIDE = 1_000_003
 
 
 def _affine_matrices(batch: int, size: int, cfg: AugmentConfig, seed: tf.Tensor) -> tf.Tensor:
@@ -83,7 +86,8 @@ def make_dataset(
         raise BoneageError(f"{directory}: no {split} shards ({split}-*.tfrecord); run `boneage preprocess` first")
     if training and cache:
         everything = max(examples or 0, shuffle_buffer)
-        ds = _cached_examples(files, image_size).shuffle(everything, seed=seed, reshuffle_each_iteration=True).repeat()
+        cached = _cached_examples(files, image_size)
+        ds = _passes(lambda p: cached.shuffle(everything, seed=_pass_seed(seed, p), reshuffle_each_iteration=False))
     else:
         ds = _streamed_examples(files, image_size, training, shuffle_buffer, seed)
     ds = ds.batch(batch_size, drop_remainder=False)
@@ -105,15 +109,33 @@ def make_dataset(
     return ds.prefetch(AUTOTUNE)
 
 
+def _pass_seed(seed: int, p: tf.Tensor) -> tf.Tensor:
+    return tf.constant(seed, tf.int64) * PASS_SEED_STRIDE + p
+
+
+def _passes(one_pass) -> tf.data.Dataset:
+    """``one_pass(p)`` for p = 0, 1, 2, ... forever: each pass's order is a function of the seed and
+    the pass number alone. (``shuffle(reshuffle_each_iteration=True).repeat()`` draws every pass's
+    seed from a generator that all iterators of the dataset share, and prefetching runs ahead into
+    passes it never serves: a second iterator, such as the next precise-BN pass or the next phase's
+    ``fit``, then got another order on every run.) A new iterator starts again at pass 0."""
+    return tf.data.Dataset.counter().flat_map(one_pass)
+
+
 def _streamed_examples(files: list[str], image_size: int, training: bool, shuffle_buffer: int, seed: int) -> tf.data.Dataset:
     """Records read from the shards (in a shuffled shard order and through a shuffle buffer when
-    training, repeating forever) and decoded."""
-    ds = tf.data.Dataset.from_tensor_slices(files)
-    if training:
-        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(files)), num_parallel_calls=AUTOTUNE, deterministic=True)
-    if training:
-        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
+    training, pass after pass forever) and decoded."""
+
+    def one_pass(p=None) -> tf.data.Dataset:
+        ds = tf.data.Dataset.from_tensor_slices(files)
+        if training:
+            ds = ds.shuffle(len(files), seed=_pass_seed(seed, p), reshuffle_each_iteration=False)
+        ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(files)), num_parallel_calls=AUTOTUNE, deterministic=True)
+        if training:
+            ds = ds.shuffle(shuffle_buffer, seed=_pass_seed(seed, p), reshuffle_each_iteration=False)
+        return ds
+
+    ds = _passes(one_pass) if training else one_pass()
     return ds.map(lambda r: parse_example(r, image_size), num_parallel_calls=AUTOTUNE, deterministic=True)
 
 
