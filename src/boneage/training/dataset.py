@@ -130,7 +130,8 @@ def _streamed_examples(files: list[str], image_size: int, training: bool, shuffl
         ds = tf.data.Dataset.from_tensor_slices(files)
         if training:
             ds = ds.shuffle(len(files), seed=_pass_seed(seed, p), reshuffle_each_iteration=False)
-        ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(files)), num_parallel_calls=AUTOTUNE, deterministic=True)
+        cycle = min(4, len(files))
+        ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=cycle, num_parallel_calls=AUTOTUNE, deterministic=True)
         if training:
             ds = ds.shuffle(shuffle_buffer, seed=_pass_seed(seed, p), reshuffle_each_iteration=False)
         return ds
