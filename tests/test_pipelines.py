@@ -30,9 +30,10 @@ from boneage.orchestrate import services
 from tests import browser
 from tests.conftest import BIN, REPO, SERVE_PYTHON
 
-# CPU training with the same seed on the same records is close to deterministic; allow for
-# float reductions in a different order across processes.
-PARITY_MAE_MONTHS = 1.0
+# The same seed, records and thread count give the same training in every runner: dvc, kfp.local
+# and the containers agreed to the last bit on 2026-12-02 (ensemble val MAE 19.2234 in all three).
+# The margin is for float sums that a different build of a library could order otherwise.
+PARITY_MAE_MONTHS = 0.05
 
 
 def run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
