@@ -97,13 +97,54 @@ def pytest_collection_modifyitems(config, items):
 
 
 _durations: dict[str, float] = {}
+_cpu: dict[str, float] = {}
 _outcomes: dict[str, str] = {}
 _started = time.time()
+_phase_cpu_started = 0.0
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds of this process and of the processes it started and waited for (`dvc repro`'s
+    stages, the CLIs); not of servers still running, nor of containers."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item):
+    global _phase_cpu_started
+    _phase_cpu_started = _cpu_seconds()
+    yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    global _phase_cpu_started
+    _phase_cpu_started = _cpu_seconds()
+    yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    global _phase_cpu_started
+    _phase_cpu_started = _cpu_seconds()
+    yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Each phase's report carries the CPU seconds the phase spent (user_properties travel from a
+    pytest-xdist worker to the controller with the report)."""
+    outcome = yield
+    outcome.get_result().user_properties.append(("cpu_seconds", _cpu_seconds() - _phase_cpu_started))
 
 
 def pytest_runtest_logreport(report):
-    """Each test's time (setup, call and teardown together) and outcome, for DURATIONS_FILE."""
+    """Each test's time and CPU time (setup, call and teardown together) and outcome, for DURATIONS_FILE."""
     _durations[report.nodeid] = _durations.get(report.nodeid, 0.0) + report.duration
+    _cpu[report.nodeid] = _cpu.get(report.nodeid, 0.0) + dict(report.user_properties).get("cpu_seconds", 0.0)
     if report.when == "call" or report.outcome != "passed":
         _outcomes[report.nodeid] = report.outcome
 
@@ -131,6 +172,7 @@ def pytest_sessionfinish(session, exitstatus):
         "tests": len(_durations),
         "outcomes": {k: sum(v == k for v in _outcomes.values()) for k in sorted(set(_outcomes.values()))},
         "durations": dict(sorted(((k, round(v, 2)) for k, v in _durations.items()), key=lambda kv: -kv[1])),
+        "cpu_seconds": dict(sorted(((k, round(v, 2)) for k, v in _cpu.items()), key=lambda kv: -kv[1])),
     }
     DURATIONS_FILE.write_text(json.dumps(record, indent=1) + "\n")
 

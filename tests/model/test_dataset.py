@@ -62,3 +62,23 @@ def test_another_seed_serves_another_order(shards):
         for seed in (3, 4)
     ]
     assert orders[0] != orders[1]
+
+
+def test_the_order_ignores_tensorflows_global_seed(shards):
+    """The order is the dataset's seed's alone: a global seed (0 included, which TensorFlow's own
+    seed plumbing treats apart) leaves it as it is."""
+    import tensorflow as tf
+
+    from boneage.training.dataset import make_dataset
+
+    def order():
+        dataset = make_dataset(shards, "train", SIZE, BATCH, training=True, shuffle_buffer=64, seed=3, examples=FILMS)
+        return _ids(dataset, 3, linger=0.0)
+
+    unseeded = order()
+    try:
+        for global_seed in (0, 7):
+            tf.random.set_seed(global_seed)
+            assert order() == unseeded, global_seed
+    finally:
+        tf.random.set_seed(None)

@@ -17,9 +17,6 @@ from boneage.errors import BoneageError
 from boneage.model.network import IMAGE_INPUT, SEX_INPUT
 
 AUTOTUNE = tf.data.AUTOTUNE
-# Pass p of a training dataset shuffles with seed * PASS_SEED_STRIDE + p: distinct for every pass of
-# every seed below the stride.
-PASS_SEED_STRIDE = 1_000_003
 
 
 def _affine_matrices(batch: int, size: int, cfg: AugmentConfig, seed: tf.Tensor) -> tf.Tensor:
@@ -87,7 +84,7 @@ def make_dataset(
     if training and cache:
         everything = max(examples or 0, shuffle_buffer)
         cached = _cached_examples(files, image_size)
-        ds = _passes(lambda p: cached.shuffle(everything, seed=_pass_seed(seed, p), reshuffle_each_iteration=False))
+        ds = _passes(seed, lambda key: _shuffled(cached, everything, key))
     else:
         ds = _streamed_examples(files, image_size, training, shuffle_buffer, seed)
     ds = ds.batch(batch_size, drop_remainder=False)
@@ -109,34 +106,42 @@ def make_dataset(
     return ds.prefetch(AUTOTUNE)
 
 
-def _pass_seed(seed: int, p: tf.Tensor) -> tf.Tensor:
-    return tf.constant(seed, tf.int64) * PASS_SEED_STRIDE + p
+def _passes(seed: int, one_pass) -> tf.data.Dataset:
+    """``one_pass(key)`` for passes p = 0, 1, 2, ... forever, ``key`` the stateless random key of
+    (``seed``, p): each pass's order is a function of the seed and the pass number alone, whichever
+    iterator asks and however far tf.data's prefetching ran ahead. (``shuffle(..., reshuffle_each_
+    iteration=True).repeat()`` drew each pass's seed from a generator that all iterators of a dataset
+    share, and prefetching ran into passes it never served: the next precise-BN pass and the next
+    phase's ``fit`` got another order on every run.) A new iterator starts again at pass 0."""
+    base = tf.constant([seed, 0], tf.int64)
+    return tf.data.Dataset.counter().flat_map(lambda p: one_pass(tf.random.experimental.stateless_fold_in(base, p)))
 
 
-def _passes(one_pass) -> tf.data.Dataset:
-    """``one_pass(p)`` for p = 0, 1, 2, ... forever: each pass's order is a function of the seed and
-    the pass number alone. (``shuffle(reshuffle_each_iteration=True).repeat()`` draws every pass's
-    seed from a generator that all iterators of the dataset share, and prefetching runs ahead into
-    passes it never serves: a second iterator, such as the next precise-BN pass or the next phase's
-    ``fit``, then got another order on every run.) A new iterator starts again at pass 0."""
-    return tf.data.Dataset.counter().flat_map(one_pass)
+def _shuffled(ds: tf.data.Dataset, window: int, key: tf.Tensor) -> tf.data.Dataset:
+    """``ds`` in windows of ``window`` elements, each put in a random order drawn from ``key`` and
+    the window's number (stateless: no seed generator, no global seed involved)."""
+
+    def permute(i, elements):
+        n = tf.shape(tf.nest.flatten(elements)[0])[0]
+        order = tf.argsort(tf.random.stateless_uniform([n], tf.random.experimental.stateless_fold_in(key, i)))
+        return tf.nest.map_structure(lambda t: tf.gather(t, order), elements)
+
+    return ds.batch(window).enumerate().map(permute).unbatch()
 
 
 def _streamed_examples(files: list[str], image_size: int, training: bool, shuffle_buffer: int, seed: int) -> tf.data.Dataset:
-    """Records read from the shards (in a shuffled shard order and through a shuffle buffer when
-    training, pass after pass forever) and decoded."""
+    """Records read from the shards and decoded; when training, pass after pass forever, each in a
+    shuffled shard order and through windows of ``shuffle_buffer`` records in a shuffled order."""
 
-    def one_pass(p=None) -> tf.data.Dataset:
+    def one_pass(key=None) -> tf.data.Dataset:
         ds = tf.data.Dataset.from_tensor_slices(files)
         if training:
-            ds = ds.shuffle(len(files), seed=_pass_seed(seed, p), reshuffle_each_iteration=False)
+            ds = _shuffled(ds, len(files), tf.random.experimental.stateless_fold_in(key, -1))
         cycle = min(4, len(files))
         ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=cycle, num_parallel_calls=AUTOTUNE, deterministic=True)
-        if training:
-            ds = ds.shuffle(shuffle_buffer, seed=_pass_seed(seed, p), reshuffle_each_iteration=False)
-        return ds
+        return _shuffled(ds, shuffle_buffer, key) if training else ds
 
-    ds = _passes(one_pass) if training else one_pass()
+    ds = _passes(seed, one_pass) if training else one_pass()
     return ds.map(lambda r: parse_example(r, image_size), num_parallel_calls=AUTOTUNE, deterministic=True)
 
 
