@@ -25,8 +25,9 @@ WINDOW_FILMS = 200  # the window's films: 200 others
 SAMPLE_SEED = 7
 
 
-def real_sample(tmp: Path) -> tuple[Path, list[Path]]:
-    """A Kaggle-layout folder of TRAIN_FILMS real films (links), and WINDOW_FILMS other real films."""
+def real_sample(tmp: Path) -> tuple[Path, list[Path], list[str]]:
+    """A Kaggle-layout folder of TRAIN_FILMS real films (links), and WINDOW_FILMS other real films
+    with their sexes ("M" or "F")."""
     root = require(RSNA_100PX)
     labels = pd.read_csv(root / "boneage-training-dataset.csv", dtype={"id": str})
     drawn = labels.sample(TRAIN_FILMS + WINDOW_FILMS, random_state=SAMPLE_SEED)
@@ -35,8 +36,9 @@ def real_sample(tmp: Path) -> tuple[Path, list[Path]]:
     drawn.iloc[:TRAIN_FILMS].to_csv(source / "boneage-training-dataset.csv", index=False)
     for film in drawn["id"].iloc[:TRAIN_FILMS]:
         (source / "boneage-training-dataset" / f"{film}.png").symlink_to(root / "boneage-training-dataset" / f"{film}.png")
-    window = [root / "boneage-training-dataset" / f"{film}.png" for film in drawn["id"].iloc[TRAIN_FILMS:]]
-    return source, window
+    others = drawn.iloc[TRAIN_FILMS:]
+    window = [root / "boneage-training-dataset" / f"{film}.png" for film in others["id"]]
+    return source, window, ["M" if str(male).lower() == "true" else "F" for male in others["male"]]
 
 
 def train_real_small(tmp: Path) -> SimpleNamespace:
@@ -45,23 +47,26 @@ def train_real_small(tmp: Path) -> SimpleNamespace:
     from boneage.data.preprocess import preprocess
     from boneage.training.train import train
 
-    source, window = real_sample(tmp)
+    source, window, window_sexes = real_sample(tmp)
     params = small_recipe(
         tmp, data={"source": str(source)}, preprocess={"image_size": 75, "workers": 1, "crop": "locator"}, train={"epochs": 6}
     )
     result = ingest(params, tmp / "ingest")
     preprocess(params, result.manifest_path, tmp / "pre")
     train(params, tmp / "pre", tmp / "model")
-    return SimpleNamespace(params=params, model=tmp / "model", window=window)
+    return SimpleNamespace(params=params, model=tmp / "model", window=window, window_sexes=window_sexes)
 
 
-def leave_records(model: Path, films: list[Path], sink: Path) -> Path:
-    """Score ``films`` as a server does and leave their records in ``sink`` (one file a film batch)."""
+def leave_records(model: Path, films: list[Path], sexes: list[str], sink: Path) -> Path:
+    """Score ``films``, each with its own sex, as a server does and leave their records in ``sink``
+    (one file a batch of up to 50 films of one sex)."""
     from boneage.serve.predict import Predictor, predict_files
 
     predictor = Predictor.load(str(model))
-    for first in range(0, len(films), 50):
-        write(records_of(predict_files(predictor, films[first : first + 50], sex="F"), 1.0, "test"), str(sink))
+    for sex in sorted(set(sexes)):
+        group = [film for film, s in zip(films, sexes, strict=True) if s == sex]
+        for first in range(0, len(group), 50):
+            write(records_of(predict_files(predictor, group[first : first + 50], sex=sex), 1.0, "test"), str(sink))
     return sink
 
 
@@ -90,7 +95,7 @@ def _monitor(real_model, records: Path, out: Path):
 def test_a_window_of_clean_real_films_raises_no_alert(real_model, tmp_path):
     from boneage.serve.monitor_report import EXIT_CLEAN
 
-    records = leave_records(real_model.model, real_model.window, tmp_path / "records")
+    records = leave_records(real_model.model, real_model.window, real_model.window_sexes, tmp_path / "records")
     result, status = _monitor(real_model, records, tmp_path / "report")
     assert result.films == WINDOW_FILMS and result.judged
     assert status == EXIT_CLEAN and result.alerts == [], result.alerts
@@ -103,7 +108,7 @@ def test_darkened_and_turned_films_raise_an_alert_naming_what_moved(real_model, 
     from boneage.serve.monitor_report import EXIT_ALERT
 
     films = darkened_and_turned(real_model.window, tmp_path / "films")
-    records = leave_records(real_model.model, films, tmp_path / "records")
+    records = leave_records(real_model.model, films, real_model.window_sexes, tmp_path / "records")
     result, status = _monitor(real_model, records, tmp_path / "report")
     assert status == EXIT_ALERT
     assert any("not upright" in alert for alert in result.alerts), result.alerts
@@ -116,7 +121,7 @@ def test_darkened_and_turned_films_raise_an_alert_naming_what_moved(real_model, 
 
 def test_synthetic_films_raise_an_alert_and_the_command_exits_3(real_model, trained_small, tmp_path):
     films = sorted((trained_small.tmp / "synth" / "boneage-training-dataset").glob("*.png"))[:WINDOW_FILMS]
-    records = leave_records(real_model.model, films, tmp_path / "records")
+    records = leave_records(real_model.model, films, real_model.window_sexes[: len(films)], tmp_path / "records")
     command = ["boneage", "monitor", "--records", str(records), "--model", str(real_model.model), "--no-mlflow"]
     proc = subprocess.run(
         [sys.executable, "-m", *command, "--out", str(tmp_path / "report")], cwd=REPO, capture_output=True, text=True, timeout=300
