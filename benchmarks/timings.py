@@ -52,7 +52,14 @@ def _tests(clone: Path, command: str) -> dict:
     record_ = json.loads((clone / "reports" / "test-durations.json").read_text())
     slowest = dict(list(record_["durations"].items())[:SLOWEST])
     kept = {k: record_[k] for k in ("tests", "outcomes", "session_seconds", "markers")}
-    return kept | {"command": command, "workers": record_.get("workers", 1), "slowest": slowest}
+    modules: dict[str, dict[str, float]] = {}
+    for kind in ("durations", "cpu_seconds"):
+        for nodeid, seconds in record_.get(kind, {}).items():
+            module = modules.setdefault(nodeid.split("::")[0], {"durations": 0.0, "cpu_seconds": 0.0})
+            module[kind] += seconds
+    rounded = {m: {k: round(v, 1) for k, v in t.items()} for m, t in modules.items()}
+    by_module = dict(sorted(rounded.items(), key=lambda kv: -kv[1]["durations"]))
+    return kept | {"command": command, "workers": record_.get("workers", 1), "slowest": slowest, "modules": by_module}
 
 
 def _fresh_clone() -> tuple[Path, str]:

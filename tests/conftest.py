@@ -48,8 +48,12 @@ def require(path: Path) -> Path:
     return path
 
 
-# The modules that take minutes, in seconds of a whole run on 2 workers (reports/test-durations.json,
-# 2026-12-01): the estimate for a module the last run's file does not time (a fresh clone has none).
+# Each module's seconds in the last fresh-clone run that benchmarks/timings.py timed (kept in the
+# repository): the estimate for a module that the last run here did not time (a fresh clone has no
+# reports/test-durations.json).
+TIMINGS_FILE = REPO / "benchmarks" / "results.json"
+# The modules that take minutes, in seconds of a whole run on 2 workers (2026-12-01): the estimate of
+# last resort, where TIMINGS_FILE has no per-module record either.
 LONGEST_MODULES = {
     "tests/test_pipelines.py": 323.0,  # the scratch project's `dvc repro`, kfp.local, the batch pipeline
     "tests/model/test_training.py": 190.0,
@@ -63,8 +67,18 @@ def _module(nodeid: str) -> str:
     return nodeid.split("::")[0]
 
 
+def _timed_module_seconds() -> dict[str, float]:
+    """{module: seconds} of the last fresh-clone run in TIMINGS_FILE, or nothing."""
+    try:
+        modules = json.loads(TIMINGS_FILE.read_text())["timings"]["tests"]["modules"]
+        return {module: float(timed["durations"]) for module, timed in modules.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
 def _module_seconds() -> dict[str, float]:
-    """Each module's seconds in the last run (DURATIONS_FILE) where it ran, else LONGEST_MODULES'."""
+    """Each module's seconds in the last run here (DURATIONS_FILE) where it ran, else in the last
+    fresh-clone run timed (TIMINGS_FILE), else LONGEST_MODULES'."""
     try:
         durations = json.loads(DURATIONS_FILE.read_text())["durations"]
     except (OSError, ValueError, KeyError):
@@ -72,7 +86,7 @@ def _module_seconds() -> dict[str, float]:
     seconds: dict[str, float] = {}
     for nodeid, duration in durations.items():
         seconds[_module(nodeid)] = seconds.get(_module(nodeid), 0.0) + duration
-    return {**LONGEST_MODULES, **seconds}
+    return {**LONGEST_MODULES, **_timed_module_seconds(), **seconds}
 
 
 def pytest_configure(config):

@@ -71,11 +71,14 @@ def make_dataset(
     with_ids: bool = False,
     examples: int | None = None,
     cache: bool = False,
+    start_batch: int = 0,
 ) -> tf.data.Dataset:
     """Batches of ({image, male}, standardised age); ids too for evaluation when ``with_ids``.
 
     A training dataset repeats forever; with ``cache`` (and its number of ``examples``) its decoded
-    images are held in memory and all of them shuffled each pass. A finite one told its number of
+    images are held in memory and all of them shuffled each pass. It is one stream of full batches
+    whose order is the seed's alone; ``start_batch`` starts it there, which is what a run resumed
+    after that many batches reads next, augmentation included. A finite one told its number of
     ``examples`` knows its length, so Keras ends each validation pass cleanly instead of running
     into the end of the data (and warning that it "ran out of data")."""
     files = [str(p) for p in shard_paths(Path(directory), split)]
@@ -87,9 +90,11 @@ def make_dataset(
         ds = _passes(seed, lambda key: _shuffled(cached, everything, key))
     else:
         ds = _streamed_examples(files, image_size, training, shuffle_buffer, seed)
+    if training and start_batch:
+        ds = ds.skip(start_batch * batch_size)
     ds = ds.batch(batch_size, drop_remainder=False)
     if training and augment is not None and augment.enabled:
-        ds = ds.enumerate().map(
+        ds = ds.enumerate(start=start_batch).map(
             lambda step, b: {**b, "image": augment_batch(b["image"], tf.stack([tf.cast(seed, tf.int64), step]), augment)},
             num_parallel_calls=AUTOTUNE,
             deterministic=True,

@@ -4,6 +4,7 @@ resume after an interruption; log the run to MLflow; save the model that reports
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 import math
@@ -11,6 +12,7 @@ import shutil
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -257,7 +259,7 @@ class _Data:
     manifest: pd.DataFrame
     target_mean: float
     target_sd: float
-    train: tf.data.Dataset
+    train_from: Callable[[int], tf.data.Dataset]  # the training stream from its n-th batch
     val: tf.data.Dataset
     steps_per_epoch: int
     recal: tf.data.Dataset | None
@@ -274,7 +276,8 @@ def _load_data(params: Params, data_dir: Path) -> _Data:
     size, tcfg = params.preprocess.image_size, params.train
     n_train, n_val = (int((manifest["split"] == s).sum()) for s in ("train", "val"))
     standardise = {"target_mean": mean, "target_sd": sd}
-    train_ds = make_dataset(
+    train_from = functools.partial(
+        make_dataset,
         data_dir,
         "train",
         size,
@@ -305,7 +308,7 @@ def _load_data(params: Params, data_dir: Path) -> _Data:
             shuffle_buffer=tcfg.shuffle_buffer,
         )
     steps = tcfg.steps_per_epoch or max(1, -(-n_train // tcfg.batch_size))
-    return _Data(manifest, mean, sd, train_ds, val_ds, steps, recal, recal_batches)
+    return _Data(manifest, mean, sd, lambda batch: train_from(start_batch=batch), val_ds, steps, recal, recal_batches)
 
 
 def _start_or_resume(
@@ -452,8 +455,9 @@ def _fit(params: Params, data: _Data, model: BoneAgeModel, ckpt_dir: Path, finge
             plan = _resumed_plan(_Plan(first, last, data.steps_per_epoch), resumed_state if continuing else None)
             budget = _Budget(plan, tcfg.budget_minutes * 60, started) if tcfg.budget_minutes and phase == phases[-1][0] else None
             epoch_end = _EpochEnd(ckpt_dir, fingerprint, phase, deadline, plan, started)
+            # A phase reads the training stream from its start; a resumed one from where it stopped.
             model.train.fit(
-                data.train,
+                data.train_from((max(first, start_epoch) - first) * data.steps_per_epoch),
                 validation_data=data.val,
                 epochs=plan.end,
                 initial_epoch=max(first, start_epoch),
@@ -513,7 +517,7 @@ def train(
     import mlflow
 
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    keras.utils.set_random_seed(params.seed)  # before the datasets: their shuffles draw from it
+    keras.utils.set_random_seed(params.seed)  # before the model is built: its first weights draw from it
     data = _load_data(params, data_dir)
     experiment_id = tracking.connect(params)  # fails fast, before any training, if MLflow is down
     out_dir.mkdir(parents=True, exist_ok=True)
