@@ -172,6 +172,8 @@ class TrainConfig(_Strict):
     # What counts as an improvement of the validation MAE for plateau decay and early stopping: a
     # fall of more than this many months (0: any fall).
     min_improvement_months: Annotated[float, Field(ge=0)] = 0.0
+    # Without cache_images, each pass takes the shards in a shuffled order and shuffles their
+    # records in windows of this many; with it, at least this many (the whole split) at once.
     shuffle_buffer: Annotated[int, Field(ge=1)] = 2048
     # Before each validation, re-estimate BatchNorm statistics on this many un-augmented training
     # images ("precise BN"; 0 disables). From random weights the moving averages lag the
