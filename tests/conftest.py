@@ -126,33 +126,20 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_setup(item):
+def pytest_runtest_logstart(nodeid, location):
     global _phase_cpu_started
     _phase_cpu_started = _cpu_seconds()
-    yield
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_call(item):
-    global _phase_cpu_started
-    _phase_cpu_started = _cpu_seconds()
-    yield
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_teardown(item, nextitem):
-    global _phase_cpu_started
-    _phase_cpu_started = _cpu_seconds()
-    yield
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
-    """Each phase's report carries the CPU seconds the phase spent (user_properties travel from a
-    pytest-xdist worker to the controller with the report)."""
+    """Each phase's report carries the CPU seconds spent since the last phase's report, or since the
+    test started (user_properties travel from a pytest-xdist worker to the controller)."""
+    global _phase_cpu_started
     outcome = yield
-    outcome.get_result().user_properties.append(("cpu_seconds", _cpu_seconds() - _phase_cpu_started))
+    now = _cpu_seconds()
+    outcome.get_result().user_properties.append(("cpu_seconds", now - _phase_cpu_started))
+    _phase_cpu_started = now
 
 
 def pytest_runtest_logreport(report):
