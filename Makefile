@@ -162,7 +162,7 @@ plots: setup
 # Speed measurements; results land in benchmarks/results.json and benchmarks/results.md (shown in the README).
 # About 25 minutes on 2 cores; the real-film benchmarks read ../shared/data/rsna-sample.
 # BENCH_REPEATS=N repeats each measurement N times (default 3) and reports the median.
-BENCHMARKS := bench_synth bench_preprocess bench_input_pipeline bench_memory bench_inference bench_orchestration
+BENCHMARKS := bench_synth bench_preprocess bench_input_pipeline bench_memory bench_inference bench_orchestration bench_tracking
 bench: setup
 	@set -e; for b in $(BENCHMARKS); do echo "== $$b"; $(BIN)/python -m benchmarks.$$b; done
 	@cat benchmarks/results.md
