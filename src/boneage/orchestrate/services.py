@@ -247,6 +247,9 @@ def _start_mlflow(root: Path, stack: Stack, auth_cache_seconds: int) -> int:
         "MLFLOW_FLASK_SERVER_SECRET_KEY": secret_key.read_text().strip(),
         "STORAGE_EMULATOR_HOST": stack.gcs_endpoint,
         "GOOGLE_CLOUD_PROJECT": "boneage-local",
+        # MLflow 3 starts a job runner and seven huey consumers for its GenAI jobs, which boneage
+        # never submits: 8 processes, about 1.7 GB of memory and 20 s of CPU at each start.
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
     }
     for key in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", PASSWORD_ENV):
         env.pop(key, None)
