@@ -1,8 +1,10 @@
 """Both orchestrations end to end on tiny synthetic data, in a scratch copy of the project, logging
 to the real service stack (MLflow server on PostgreSQL, artifacts in the GCS emulator):
-`dvc repro` (every stage runs, the model is registered, a second repro is a no-op, plots render
-offline, `dvc exp run -S` sweeps), the Kubeflow pipeline under kfp.local (which must agree with DVC
-on the split and the metrics), and the MLflow UI in headless Chromium showing the runs."""
+`dvc repro` of the one-model chain (every stage runs, the model is registered, a second repro is a
+no-op, plots render offline, `dvc exp run -S` sweeps), the Kubeflow pipeline under kfp.local (which
+must agree with DVC on the split and the metrics), and the MLflow UI in headless Chromium showing the
+runs. With `-m containers` (`.ci/run`): the ensemble's DVC stages on top of the same project, and
+every step in the CPU image, single model and ensemble, agreeing with DVC."""
 
 from __future__ import annotations
 
@@ -82,8 +84,21 @@ def project(tmp_path_factory, stack) -> tuple[Path, dict, subprocess.CompletedPr
     run(["dvc", "init", "-q"], work, env)
     shutil.copy(REPO / ".dvc" / "config", work / ".dvc" / "config")  # the offline plot template
 
-    first = run(["dvc", "repro"], work, env)
+    # The one-model chain (synth ... register). The ensemble's stages run in the container tests
+    # (`ensemble_project`), which compare them with the Docker pipeline's ParallelFor.
+    first = run(["dvc", "repro", "register"], work, env)
     return work, env, first
+
+
+SINGLE_STAGES = ("synth", "ingest", "preprocess", "train", "evaluate", "register")
+ENSEMBLE_STAGES = ("member@0", "member@1", "ensemble", "evaluate_ensemble", "register_ensemble")
+
+
+@pytest.fixture(scope="module")
+def ensemble_project(project) -> tuple[Path, dict, subprocess.CompletedProcess]:
+    """The scratch project after a whole `dvc repro`: the ensemble's stages on top of the one-model chain."""
+    work, env, _ = project
+    return work, env, run(["dvc", "repro"], work, env)
 
 
 def _refusal_bound(metrics: dict, tail: float = 0.999) -> float:
@@ -97,10 +112,9 @@ def _refusal_bound(metrics: dict, tail: float = 0.999) -> float:
 @pytest.mark.slow
 def test_dvc_repro_end_to_end_then_noop(project):
     work, env, first = project
-    for stage in ("synth", "ingest", "preprocess", "train", "evaluate", "register"):
+    for stage in SINGLE_STAGES:
         assert f"Running stage '{stage}'" in first.stdout
-    for stage in ("member@0", "member@1", "ensemble", "evaluate_ensemble", "register_ensemble"):
-        assert f"Running stage '{stage}'" in first.stdout
+    assert not any(f"Running stage '{stage}'" in first.stdout for stage in ENSEMBLE_STAGES)
     metrics = json.loads((work / "reports" / "metrics.json").read_text())
     assert metrics["test"]["n"] > 0 and set(metrics["test"]["by_sex"]) <= {"male", "female"}
     # The model carries its check and its interval: evaluate reports what they do on the test films.
@@ -108,13 +122,6 @@ def test_dvc_repro_end_to_end_then_noop(project):
     assert 0.5 <= metrics["test"]["interval_coverage"] <= 1.0
     assert all("interval_coverage" in band for band in metrics["test"]["by_age_band"].values())
     assert json.loads((work / "reports" / "registry.json").read_text())["alias"] == "champion"
-    # The ensemble of the two members: evaluated and registered as one more version of the same model.
-    ensemble_metrics = json.loads((work / "reports" / "ensemble" / "metrics.json").read_text())
-    assert ensemble_metrics["test"]["n"] == metrics["test"]["n"] and (work / "models" / "ensemble" / "ood.npz").is_file()
-    single, ensemble = (json.loads((work / "reports" / d / "registry.json").read_text()) for d in ("", "ensemble"))
-    assert ensemble["model"] == single["model"] and ensemble["version"] > single["version"]
-    records = [json.loads((work / "models" / "members" / m / "member.json").read_text()) for m in ("seed-1", "seed-2")]
-    assert [r["status"] for r in records] == ["trained", "trained"] and records[0]["run_id"] != records[1]["run_id"]
     assert not (work / "mlruns" / "mlflow.db").exists(), "logged locally instead of to the server"
     # No secret leaks: not into the run's params or tags, not onto the console.
     run_id = json.loads((work / "models" / "run.json").read_text())["run_id"]
@@ -130,7 +137,7 @@ def test_dvc_repro_end_to_end_then_noop(project):
     assert not any(note in first.stdout + first.stderr for note in ("absl::InitializeLog", "oneDNN custom operations"))
     assert password not in (work / "models" / "run.json").read_text()
 
-    second = run(["dvc", "repro"], work, env)
+    second = run(["dvc", "repro", "register"], work, env)
     assert "Running stage" not in second.stdout
 
     shown = run(["dvc", "metrics", "show", "--json"], work, env)
@@ -145,9 +152,10 @@ def test_dvc_repro_end_to_end_then_noop(project):
     # A sweep with `dvc exp run -S`: only the stages the changed param reaches run again.
     run(["git", "add", "-A"], work, env)
     run(["git", "commit", "-qm", "baseline"], work, env)
-    sweep = run(["dvc", "exp", "run", "-S", "mlflow.synthetic_registered_model=boneage-sweep", "-n", "sweep"], work, env)
+    sweep = run(
+        ["dvc", "exp", "run", "register", "-S", "mlflow.synthetic_registered_model=boneage-sweep", "-n", "sweep"], work, env
+    )
     assert "Running stage 'register'" in sweep.stdout and "Running stage 'train'" not in sweep.stdout
-    assert "Running stage 'member@" not in sweep.stdout and "Running stage 'register_ensemble'" in sweep.stdout
     assert json.loads((work / "reports" / "registry.json").read_text())["model"] == "boneage-sweep"
     assert "sweep" in run(["dvc", "exp", "show", "--json"], work, env).stdout
     # Back to the baseline params for the tests that share this project.
@@ -313,15 +321,35 @@ def _image_labels(image: str) -> dict[str, str]:
 
 
 @pytest.mark.containers
+def test_dvc_repro_adds_the_ensemble_stages_on_the_one_model_chain(ensemble_project):
+    """`dvc repro` over the one-model project runs the members (a foreach), the ensemble, its
+    evaluation and its registration, and trains nothing the one-model chain already trained."""
+    work, _, whole = ensemble_project
+    for stage in ENSEMBLE_STAGES:
+        assert f"Running stage '{stage}'" in whole.stdout
+    assert "Running stage 'train'" not in whole.stdout and "Running stage 'preprocess'" not in whole.stdout
+    metrics = json.loads((work / "reports" / "metrics.json").read_text())
+    # The ensemble of the two members: evaluated and registered as one more version of the same model.
+    ensemble_metrics = json.loads((work / "reports" / "ensemble" / "metrics.json").read_text())
+    assert ensemble_metrics["test"]["n"] == metrics["test"]["n"] and (work / "models" / "ensemble" / "ood.npz").is_file()
+    single, ensemble = (json.loads((work / "reports" / d / "registry.json").read_text()) for d in ("", "ensemble"))
+    assert ensemble["model"] == single["model"] and ensemble["version"] > single["version"]
+    records = [json.loads((work / "models" / "members" / m / "member.json").read_text()) for m in ("seed-1", "seed-2")]
+    assert [r["status"] for r in records] == ["trained", "trained"] and records[0]["run_id"] != records[1]["run_id"]
+    assert not any(note in whole.stdout + whole.stderr for note in ("absl::InitializeLog", "oneDNN custom operations"))
+
+
+@pytest.mark.containers
 @pytest.mark.parametrize("path", ["single", "ensemble"])
-def test_kfp_pipeline_with_every_step_in_the_image(project, stack, stack_env, tmp_path, path):
+def test_kfp_pipeline_with_every_step_in_the_image(project, stack, stack_env, tmp_path, path, request):
     """`boneage pipeline run-local --runner docker`: ingest, preprocess, train (or the ParallelFor of
     members and the ensemble), evaluate and register each in a container of the CPU image `make image`
     built, logging to the service stack. The run's tags come from inside the image (its own labels),
     the commit is the real one, the metrics agree with `dvc repro`, and the registered model loads."""
     from boneage.config import load_params
 
-    work, env, _ = project
+    # The ensemble is compared with `dvc repro`'s ensemble stages, which run for it.
+    work, env, _ = request.getfixturevalue("ensemble_project") if path == "ensemble" else project
     image = load_params(REPO / "params.yaml").kfp.cpu_image
     labels = _image_labels(image)
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
