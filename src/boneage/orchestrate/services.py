@@ -38,8 +38,8 @@ PASSWORD_ENV = "MLFLOW_TRACKING_PASSWORD"
 STATE_FILE = "services.json"
 START_TIMEOUT_S = 60.0
 # How long the MLflow server trusts a checked password (MLflow's auth_cache_ttl_seconds; off by
-# default). Without it every request re-derives the scrypt hash: 0.45 s of server CPU a request on
-# 2 cores, and a training run makes hundreds. One worker, so a password changed through the API is
+# default). Without it every request re-derives the scrypt hash: 0.25-0.45 s a request on 2 cores
+# (benchmarks/bench_tracking.py), and a training run makes hundreds. One worker, so a password changed through the API is
 # dropped from the cache at once; a change made in the database directly waits this long.
 AUTH_CACHE_SECONDS = 60
 
@@ -248,7 +248,8 @@ def _start_mlflow(root: Path, stack: Stack, auth_cache_seconds: int) -> int:
         "STORAGE_EMULATOR_HOST": stack.gcs_endpoint,
         "GOOGLE_CLOUD_PROJECT": "boneage-local",
         # MLflow 3 starts a job runner and seven huey consumers for its GenAI jobs, which boneage
-        # never submits: 8 processes, about 1.7 GB of memory and 20 s of CPU at each start.
+        # never submits: 8 processes; with them the stack's MLflow processes held 1,153 MiB, without
+        # them 514 MiB (measured at start, 2026-12-02).
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
     }
     for key in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", PASSWORD_ENV):
