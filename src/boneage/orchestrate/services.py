@@ -39,8 +39,9 @@ STATE_FILE = "services.json"
 START_TIMEOUT_S = 60.0
 # How long the MLflow server trusts a checked password (MLflow's auth_cache_ttl_seconds; off by
 # default). Without it every request re-derives the scrypt hash: 0.25-0.45 s a request on 2 cores
-# (benchmarks/bench_tracking.py), and a training run makes hundreds. One worker, so a password changed through the API is
-# dropped from the cache at once; a change made in the database directly waits this long.
+# (benchmarks/bench_tracking.py), and a training run makes hundreds. One worker, so a password
+# changed through the API is dropped from the cache at once; one changed in the database directly
+# waits this long.
 AUTH_CACHE_SECONDS = 60
 
 
