@@ -169,11 +169,12 @@ bench: setup
 
 # Real-film accuracy and crop quality (not in CI: about 2.5 hours on 2 cores): the crop against
 # people's hand boxes, `make real-data` with the recipe of record, then its variants (no sex, the
-# first crop, the seed preset) under an equal shorter budget. Figures -> benchmarks/results.json and
+# first crop, the seed preset) under an equal shorter budget; SAMPLES=../shared/data/rsna-sample adds
+# the crop on the full-resolution samples whose hands tests/fixtures marks. Figures -> benchmarks/results.json and
 # the README's "Real data" section.
 bench-real: setup
 	@test -n "$(SOURCE)" || { echo "error: name the dataset: make bench-real SOURCE=path/to/kaggle-folder"; exit 1; }
-	$(BIN)/python -m benchmarks.bench_real crop --source $(SOURCE)
+	$(BIN)/python -m benchmarks.bench_real crop --source $(SOURCE) $(if $(SAMPLES),--samples $(SAMPLES))
 	$(MAKE) real-data SOURCE=$(SOURCE)
 	$(BIN)/python -m benchmarks.bench_real recipe --workspace .
 	$(BIN)/python -m benchmarks.bench_real variants --source $(SOURCE)

@@ -21,6 +21,7 @@ Three parts, each stored in benchmarks/results.json under "real_data" and render
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import time
@@ -35,7 +36,15 @@ from boneage.contracts import PREDICTIONS_FILE
 RESULT_KEY = "real_data"
 REAL_PRESET = "rsna-cpu"
 BOXES_FILE = "hand-boxes.csv"
-CROPS = ("hand-v1", "hand", "locator")
+# The crops measured, one row each: the recipe's preprocess with these overrides. The rules keep
+# the margin they were measured with; the locator takes the recipe's, with one look and with the
+# recipe's second look (preprocess.locator_second_look).
+CROPS = {
+    "hand-v1": {"preprocess.crop": "hand-v1", "preprocess.crop_margin": 0.03},
+    "hand": {"preprocess.crop": "hand", "preprocess.crop_margin": 0.03},
+    "locator-one-look": {"preprocess.crop": "locator", "preprocess.locator_second_look": None},
+    "locator": {"preprocess.crop": "locator"},
+}
 # Variants of the recipe of record compared under one equal budget: name -> (params overrides, text).
 VARIANTS = {
     "recipe": ({}, "the recipe of record (rsna-cpu)"),
@@ -49,6 +58,12 @@ def _image_dir(source: Path) -> Path:
     return source / "boneage-training-dataset"
 
 
+@functools.cache
+def _crop_config(crop: str):
+    """A row's preprocess config, read once per process (reading params.yaml costs more than a crop)."""
+    return bench_params(**{"preset": REAL_PRESET, **CROPS[crop]}).preprocess
+
+
 def _locate(job: tuple[str, str, str]) -> tuple[str, tuple | None, str | None]:
     import cv2
 
@@ -57,11 +72,9 @@ def _locate(job: tuple[str, str, str]) -> tuple[str, tuple | None, str | None]:
 
     image_id, path, crop = job
     pixels = cv2.imread(path, cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH)
-    # The rules keep the margin they were measured with; the locator takes the recipe's.
-    overrides = {"preset": REAL_PRESET, "preprocess.crop": crop} | ({} if crop == "locator" else {"preprocess.crop_margin": 0.03})
-    cfg = bench_params(**overrides).preprocess
+    cfg = _crop_config(crop)
     try:
-        box = LOCATORS[crop](pixels, cfg)
+        box = LOCATORS[cfg.crop](pixels, cfg)
     except BadInputError as exc:
         return image_id, None, exc.reason
     return image_id, (box.x0, box.y0, box.x1, box.y1), None
@@ -79,7 +92,12 @@ def crop_quality(source: Path, crop: str, workers: int = 2) -> dict:
     seconds = time.perf_counter() - start
     boxes_by_id = {i: b for i, b, _ in found if b}
     refused = [(i, reason) for i, _, reason in found if reason]
+    cfg = _crop_config(crop)
     out = {
+        "settings": cfg.model_dump(
+            include={"crop", "crop_margin"} | ({"locator", "locator_second_look"} if cfg.crop == "locator" else set())
+        ),
+        "measured": time.strftime("%Y-%m-%d"),
         "films": len(found),
         "refused": len(refused),
         "refused_pct": round(100 * len(refused) / len(found), 2),
@@ -119,19 +137,97 @@ def crop_quality(source: Path, crop: str, workers: int = 2) -> dict:
     return out
 
 
+SECOND_LOOKS = (0.05, 0.1, 0.15, 0.2, 0.3)  # the contexts tried for preprocess.locator_second_look
+
+
+def second_look_choice(source: Path) -> dict:
+    """The locator's second look, its context chosen on the people's boxes of the validation films
+    (the locator never saw them): good crops for one look and each context; the test films' boxes
+    are then read for one look and the chosen context only."""
+    import cv2
+
+    from boneage.data.handcrop import LOCATORS, Box
+    from boneage.data.ingest import assign_split
+
+    params = bench_params(preset=REAL_PRESET)
+    split = params.data.split
+    people = pd.read_csv(source / BOXES_FILE, dtype={"id": str})
+    people["split"] = [assign_split(i, params.seed, split.val, split.test) for i in people["id"]]
+    films = {i: cv2.imread(str(_image_dir(source) / f"{i}.png"), cv2.IMREAD_GRAYSCALE) for i in people["id"]}
+
+    def good(look: float | None, part: str) -> int:
+        cfg = params.preprocess.model_copy(update={"crop": "locator", "locator_second_look": look})
+        rows = people[people["split"] == part].itertuples()
+        return sum(
+            LOCATORS["locator"](films[r.id], cfg).is_good_crop_of(Box(r.x0_100, r.y0_100, r.x1_100, r.y1_100)) for r in rows
+        )
+
+    val = {"one look": good(None, "val")} | {str(look): good(look, "val") for look in SECOND_LOOKS}
+    chosen = max(SECOND_LOOKS, key=lambda look: (val[str(look)], -look))  # among equals, the least context
+    return {
+        "val_boxes": int((people["split"] == "val").sum()),
+        "val_good": val,
+        "chosen": chosen,
+        "test_boxes": int((people["split"] == "test").sum()),
+        "test_good": {"one look": good(None, "test"), str(chosen): good(chosen, "test")},
+    }
+
+
+SAMPLE_BOXES = PROJECT / "tests" / "fixtures" / "rsna_sample_hand_boxes.csv"
+IOU_GOAL = 0.8
+
+
+def sample_ious(samples: Path) -> dict:
+    """The recipe's crop on the full-resolution samples against their boxes marked by eye (percent of
+    the film on a 5% grid, fingertips to where the forearm leaves the film): IoU of the box the
+    locator finds and of the crop (the box plus the margin)."""
+    import numpy as np
+
+    from boneage.data import handlocator
+    from boneage.data.handcrop import LOCATORS, Box
+    from boneage.data.imaging import read_radiograph
+
+    cfg = bench_params(preset=REAL_PRESET).preprocess
+    marked = pd.read_csv(SAMPLE_BOXES, comment="#", dtype={"id": str})
+    found, cropped = [], []
+    for row in marked.itertuples():
+        pixels = read_radiograph(_image_dir(samples) / f"{row.id}.png", 10**9).pixels
+        h, w = pixels.shape
+        truth = Box(int(row.x0 * w / 100), int(row.y0 * h / 100), int(row.x1 * w / 100), int(row.y1 * h / 100))
+        box = handlocator.film_box(handlocator.load(cfg.locator), pixels, cfg.locator_second_look)
+        found.append(Box(int(box[0]), int(box[1]), int(np.ceil(box[2])), int(np.ceil(box[3]))).iou(truth))
+        cropped.append(LOCATORS[cfg.crop](pixels, cfg).iou(truth))
+    return {
+        "films": len(marked),
+        **{
+            name: {
+                "at_goal": int(sum(i >= IOU_GOAL for i in ious)),
+                "median": round(float(np.median(ious)), 3),
+                "min": round(min(ious), 3),
+            }
+            for name, ious in (("found_box", found), ("crop", cropped))
+        },
+    }
+
+
 MISSES_SHEET = PROJECT / "docs" / "crop-misses.png"
 SHEET_TILE = 160
 
 
 def misses_sheet(source: Path, crops: dict) -> None:
-    """docs/crop-misses.png: every film whose crop misses its person's box, for the rules (above)
-    and the learned locator (below): the person's box in green, the crop in red."""
+    """docs/crop-misses.png: every film whose crop misses its person's box, for the rules, then the
+    learned locator with one look and with its second look: the person's box in green, the crop in red."""
     import cv2
     import numpy as np
 
     people = pd.read_csv(source / BOXES_FILE, dtype={"id": str}).set_index("id")
     rows = []
-    for crop in ("hand", "locator"):
+    names = {
+        "hand": "rules on thresholds",
+        "locator-one-look": "learned locator, one look",
+        "locator": "learned locator, second look",
+    }
+    for crop, name in names.items():
         missed = crops.get(crop, {}).get("missed_ids", [])
         found = dict((i, b) for i, b, _ in map(_locate, [(i, str(_image_dir(source) / f"{i}.png"), crop) for i in missed]))
         tiles = []
@@ -152,8 +248,7 @@ def misses_sheet(source: Path, crops: dict) -> None:
         columns = 12
         tiles += [np.zeros_like(tiles[0]) if tiles else np.zeros((SHEET_TILE, SHEET_TILE, 3), np.uint8)] * (-len(tiles) % columns)
         label = np.zeros((24, columns * SHEET_TILE, 3), np.uint8)
-        names = {"hand": "rules on thresholds", "locator": "learned locator"}
-        cv2.putText(label, f"{names[crop]}: {len(missed)} misses of {crops[crop].get('boxes', 0)} people's boxes",
+        cv2.putText(label, f"{name}: {len(missed)} misses of {crops[crop].get('boxes', 0)} people's boxes",
                     (4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (255, 255, 255), 1)  # fmt: skip
         rows += [label, *[np.hstack(tiles[i : i + columns]) for i in range(0, len(tiles), columns)]]
     MISSES_SHEET.parent.mkdir(exist_ok=True)
@@ -280,8 +375,11 @@ def _metric_summary(metrics: dict, predictions: Path) -> dict:
 
 
 def prepared_real(params, root: Path) -> Path:
-    """The real films ingested once under ``root`` and preprocessed per crop, size and CLAHE
-    (cached): the data every real-film benchmark trains on, with one split."""
+    """The real films ingested once under ``root`` and preprocessed per preprocess config (cached,
+    named by its crop, size and fingerprint): the data every real-film benchmark trains on, with one
+    split."""
+    import hashlib
+
     from boneage.data.ingest import ingest
     from boneage.data.preprocess import preprocess
 
@@ -289,7 +387,8 @@ def prepared_real(params, root: Path) -> Path:
     if not manifest.is_file():
         ingest(params, root / "ingest")
     cfg = params.preprocess
-    data = root / f"pre-{cfg.crop}-{cfg.image_size}px-clahe{cfg.clahe_clip_limit}"
+    fingerprint = hashlib.sha256(cfg.model_dump_json(exclude={"workers", "contact_sheet_count"}).encode()).hexdigest()
+    data = root / f"pre-{cfg.crop}-{cfg.image_size}px-{fingerprint[:8]}"
     if not (data / "manifest.csv").is_file():
         preprocess(params, manifest, data)
     return data
@@ -451,6 +550,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("part", choices=("crop", "recipe", "variants", "search", "compare", "readme"))
     parser.add_argument("--source", type=Path, help="a Kaggle-layout folder of real films")
+    parser.add_argument("--samples", type=Path, help="full-resolution films whose hands are marked in " + SAMPLE_BOXES.name)
     parser.add_argument("--workspace", type=Path, default=PROJECT, help="where `make real-data` ran")
     parser.add_argument("--log", type=Path, help="the saved output of `time make real-data ...` (its wall times)")
     parser.add_argument("--minutes", type=float, default=30.0, help="a limit on each variant's training (safety)")
@@ -464,6 +564,9 @@ def main() -> None:
         parser.error("--source is required")
     if args.part == "crop":
         crops = {crop: crop_quality(args.source, crop) for crop in CROPS}
+        crops["second_look_choice"] = second_look_choice(args.source)
+        if args.samples:
+            crops["samples_iou"] = sample_ious(args.samples)
         misses_sheet(args.source, crops)
         store("crop", crops)
     elif args.part == "recipe":

@@ -32,4 +32,9 @@ def block(results: dict) -> str:
             f"The hand crop finds the hand on {crop['good_pct']:.1f}% of 400 people's boxes "
             f"({crop['unseen_good_pct']:.1f}% of the {crop['unseen_boxes']} it never saw)."
         )
+        if real and crop.get("measured", "") > real["machine"]["date"]:
+            tail.append(
+                f"The crop figures are of {crop['measured']}; the recipe of record was trained and measured on "
+                f"{real['machine']['date']}, with the crop of that day (docs/real-data.md)."
+            )
     return "\n".join(lines + [""] + tail) + "\n"

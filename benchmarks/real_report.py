@@ -18,8 +18,13 @@ def _crop_lines(crop: dict) -> list[str]:
         "| covers ≥ 95% of the box | area ≤ 1.6× the box |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    names = {"hand-v1": "first rules (hand-v1)", "hand": "rules on thresholds (hand)", "locator": "**learned locator**"}
-    for key in ("hand-v1", "hand", "locator"):
+    names = {
+        "hand-v1": "first rules (hand-v1)",
+        "hand": "rules on thresholds (hand)",
+        "locator-one-look": "learned locator, one look",
+        "locator": "**learned locator, second look** (the recipe's)",
+    }
+    for key in names:
         c = crop.get(key)
         if c:
             lines.append(
@@ -34,6 +39,35 @@ def _crop_lines(crop: dict) -> list[str]:
         "The locator (`src/boneage/resources/hand-locator-v1.json` says how it was fitted) learned from the boxes of "
         "the films the split puts in training, after the rules' boxes on every film; the boxes of the validation and "
         "test films it never saw. The misses before and after: [crop-misses.png](crop-misses.png).",
+        "",
+        *_second_look_lines(crop.get("second_look_choice")),
+        *_sample_lines(crop.get("samples_iou")),
+    ]
+
+
+def _sample_lines(ious: dict | None) -> list[str]:
+    if not ious:
+        return []
+    found, crop = ious["found_box"], ious["crop"]
+    return [
+        f"On the {ious['films']} full-resolution samples, against boxes marked by eye on a 5% grid (to where the forearm "
+        f"leaves the film, not to the wrist as people's boxes end): the box found has an IoU ≥ 0.8 on {found['at_goal']} "
+        f"(median {found['median']:.2f}, lowest {found['min']:.2f}); the crop, with its margin, on {crop['at_goal']} "
+        f"(median {crop['median']:.2f}).",
+        "",
+    ]
+
+
+def _second_look_lines(choice: dict | None) -> list[str]:
+    if not choice:
+        return []
+    tried = ", ".join(f"{look}: {good}" for look, good in choice["val_good"].items())
+    test = ", ".join(f"{look}: {good}" for look, good in choice["test_good"].items())
+    return [
+        "Its second look (`preprocess.locator_second_look`): the locator looks again at the film cut to its first box "
+        "plus a context around it, where the hand fills more of its 64 px input. The context was chosen on the "
+        f"{choice['val_boxes']} validation films' boxes (good crops; {tried}): {choice['chosen']}. On the "
+        f"{choice['test_boxes']} test films' boxes, read for that choice only: {test}.",
         "",
     ]
 

@@ -86,6 +86,9 @@ class PreprocessConfig(_Strict):
     crop_margin: Annotated[float, Field(ge=0.0, le=0.5)] = 0.03
     # crop "locator": a packaged locator's name (src/boneage/resources/NAME.npz) or an .npz path.
     locator: str = "hand-locator-v1"
+    # crop "locator": look again at the first box plus this share of its longer side around it
+    # (boneage.data.handlocator.film_box); None: one look, as models prepared before it had.
+    locator_second_look: Annotated[float, Field(ge=0.0, le=0.5)] | None = None
     # Side of the thumbnail on which the hand is located; the crop is then taken at full resolution.
     detect_size: Annotated[int, Field(ge=64, le=2048)] = 384
     window_percentiles: tuple[float, float] = (0.5, 99.5)

@@ -82,3 +82,33 @@ def test_each_view_is_described_and_upright_is_not():
     assert describe_view(2) == "turned 180°"
     assert describe_view(5) == "mirrored (a right hand, or the film flipped) and turned 90° counter-clockwise"
     assert len({describe_view(v) for v in range(DIHEDRAL_VIEWS)}) == DIHEDRAL_VIEWS
+
+
+def test_the_second_look_returns_a_box_inside_its_cut_in_the_films_pixels():
+    """The second look runs on the film cut around the first box: what it finds is put back in the
+    whole film's pixels, inside that cut, not at the cut's own origin."""
+    film = np.full((300, 240), 20, np.uint8)
+    film[150:290, 140:230] = np.random.default_rng(4).integers(120, 255, (140, 90), dtype=np.uint8)
+    locator = handlocator.load("hand-locator-v1")
+    first = handlocator.film_box(locator, film)
+    context = 0.1
+    pad = context * max(first[2] - first[0], first[3] - first[1])
+    x0, y0, x1, y1 = handlocator.film_box(locator, film, context)
+    assert first[0] - pad - 1 <= x0 < x1 <= first[2] + pad + 1, (first, (x0, x1))
+    assert first[1] - pad - 1 <= y0 < y1 <= first[3] + pad + 1, (first, (y0, y1))
+
+
+def test_a_model_prepared_before_the_second_look_keeps_one_look():
+    """predictor.json of a model prepared before preprocess.locator_second_look existed lacks the key:
+    serving it must crop as its training films were cropped, with one look."""
+    old = PreprocessConfig.model_validate({"crop": "locator", "crop_margin": 0.03, "locator": "hand-locator-v1"})
+    assert old.locator_second_look is None
+    film = np.random.default_rng(5).integers(0, 256, (250, 180), dtype=np.uint8)
+    locator = handlocator.load(old.locator)
+    h, w = film.shape
+    x0, y0, x1, y1 = locator.locate(handlocator.thumbnail(film)) * np.array([w, h, w, h])
+    margin = old.crop_margin * max(x1 - x0, y1 - y0)
+    box = locate_hand_learned(film, old)
+    assert (box.x0, box.y0, box.x1, box.y1) == (
+        max(0, int(x0 - margin)), max(0, int(y0 - margin)), min(w, int(np.ceil(x1 + margin))), min(h, int(np.ceil(y1 + margin)))
+    )  # fmt: skip

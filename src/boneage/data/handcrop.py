@@ -353,10 +353,9 @@ def locate_hand_learned(pixels: np.ndarray, cfg: PreprocessConfig) -> Box:
     """Box around the hand from the learned locator (boneage.data.handlocator), with the margin. Refuses
     only a blank image: the locator finds the most hand-like place on anything else."""
     locator = handlocator.load(cfg.locator)
-    thumb = handlocator.thumbnail(pixels, locator.side)
-    _refuse_blank(thumb)
+    _refuse_blank(handlocator.thumbnail(pixels, locator.side))
     h, w = pixels.shape
-    x0, y0, x1, y1 = locator.locate(thumb) * np.array([w, h, w, h])
+    x0, y0, x1, y1 = handlocator.film_box(locator, pixels, cfg.locator_second_look)
     margin = cfg.crop_margin * max(x1 - x0, y1 - y0)
     return Box(
         x0=max(0, int(x0 - margin)),

@@ -268,10 +268,27 @@ def fit(people: Boxed, pseudo: Boxed, s: FitSettings, epochs: int) -> Locator:
     return to_locator(model)
 
 
-def film_box(locator: Locator, film: np.ndarray) -> np.ndarray:
-    """The box ``locator`` finds on a film, in the film's pixels (x0, y0, x1, y1)."""
+def _one_look(locator: Locator, film: np.ndarray) -> np.ndarray:
     h, w = film.shape
-    return (locator.locate(thumbnail(film, locator.side)) * np.array([w, h, w, h])).astype(np.float32)
+    return locator.locate(thumbnail(film, locator.side)) * np.array([w, h, w, h])
+
+
+def film_box(locator: Locator, film: np.ndarray, second_look: float | None = None) -> np.ndarray:
+    """The box ``locator`` finds on a film, in the film's pixels (x0, y0, x1, y1). With
+    ``second_look``, the locator looks again at the film cut to that box plus this share of the
+    box's longer side around it, where the hand fills more of its small input; the films it was
+    fitted on were cut that way at times (``FitSettings.pre_cropped_share``)."""
+    box = _one_look(locator, film)
+    if second_look is None:
+        return box
+    h, w = film.shape
+    x0, y0, x1, y1 = box
+    pad = second_look * max(x1 - x0, y1 - y0)
+    cx0, cy0 = int(max(0, x0 - pad)), int(max(0, y0 - pad))
+    cx1, cy1 = int(min(w, np.ceil(x1 + pad))), int(min(h, np.ceil(y1 + pad)))
+    if cx1 <= cx0 or cy1 <= cy0:  # nothing to look at again
+        return box
+    return _one_look(locator, film[cy0:cy1, cx0:cx1]) + np.array([cx0, cy0, cx0, cy0])
 
 
 def fit_rounds(
