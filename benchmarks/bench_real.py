@@ -195,7 +195,7 @@ def sample_ious(samples: Path) -> dict:
         h, w = pixels.shape
         truth = Box(int(row.x0 * w / 100), int(row.y0 * h / 100), int(row.x1 * w / 100), int(row.y1 * h / 100))
         box = handlocator.film_box(handlocator.load(cfg.locator), pixels, cfg.locator_second_look)
-        found.append(Box(int(box[0]), int(box[1]), int(np.ceil(box[2])), int(np.ceil(box[3]))).iou(truth))
+        found.append(Box(*handlocator.padded(box, 0.0, pixels.shape)).iou(truth))
         cropped.append(LOCATORS[cfg.crop](pixels, cfg).iou(truth))
     return {
         "films": len(marked),

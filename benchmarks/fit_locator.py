@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from datetime import date
@@ -52,10 +51,7 @@ def _rule_box(path: str) -> np.ndarray | None:
 
 def crop_box(found: np.ndarray, margin: float, shape: tuple[int, int]) -> Box:
     """What the crop takes around a found box: the product's rule (handcrop.locate_hand_learned)."""
-    h, w = shape
-    x0, y0, x1, y1 = found
-    pad = margin * max(x1 - x0, y1 - y0)
-    return Box(max(0, int(x0 - pad)), max(0, int(y0 - pad)), min(w, math.ceil(x1 + pad)), min(h, math.ceil(y1 + pad)))
+    return Box(*handlocator.padded(found, margin, shape))
 
 
 def good_share(locator, people: list[tuple[np.ndarray, np.ndarray]], margin: float) -> float:

@@ -354,15 +354,8 @@ def locate_hand_learned(pixels: np.ndarray, cfg: PreprocessConfig) -> Box:
     only a blank image: the locator finds the most hand-like place on anything else."""
     locator = handlocator.load(cfg.locator)
     _refuse_blank(handlocator.thumbnail(pixels, locator.side))
-    h, w = pixels.shape
-    x0, y0, x1, y1 = handlocator.film_box(locator, pixels, cfg.locator_second_look)
-    margin = cfg.crop_margin * max(x1 - x0, y1 - y0)
-    return Box(
-        x0=max(0, int(x0 - margin)),
-        y0=max(0, int(y0 - margin)),
-        x1=min(w, int(np.ceil(x1 + margin))),
-        y1=min(h, int(np.ceil(y1 + margin))),
-    )
+    found = handlocator.film_box(locator, pixels, cfg.locator_second_look)
+    return Box(*handlocator.padded(found, cfg.crop_margin, pixels.shape))
 
 
 LOCATORS = {"locator": locate_hand_learned, "hand": locate_hand, "hand-v1": locate_hand_v1}

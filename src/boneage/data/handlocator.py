@@ -268,6 +268,15 @@ def fit(people: Boxed, pseudo: Boxed, s: FitSettings, epochs: int) -> Locator:
     return to_locator(model)
 
 
+def padded(box: np.ndarray, share: float, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """A box (x0, y0, x1, y1 in pixels) grown on each side by ``share`` of its longer side, in whole
+    pixels inside an image of ``shape``: the second look's cut, and the crop's margin."""
+    h, w = shape
+    x0, y0, x1, y1 = box
+    pad = share * max(x1 - x0, y1 - y0)
+    return max(0, int(x0 - pad)), max(0, int(y0 - pad)), min(w, int(np.ceil(x1 + pad))), min(h, int(np.ceil(y1 + pad)))
+
+
 def _one_look(locator: Locator, film: np.ndarray) -> np.ndarray:
     h, w = film.shape
     return locator.locate(thumbnail(film, locator.side)) * np.array([w, h, w, h])
@@ -281,11 +290,7 @@ def film_box(locator: Locator, film: np.ndarray, second_look: float | None = Non
     box = _one_look(locator, film)
     if second_look is None:
         return box
-    h, w = film.shape
-    x0, y0, x1, y1 = box
-    pad = second_look * max(x1 - x0, y1 - y0)
-    cx0, cy0 = int(max(0, x0 - pad)), int(max(0, y0 - pad))
-    cx1, cy1 = int(min(w, np.ceil(x1 + pad))), int(min(h, np.ceil(y1 + pad)))
+    cx0, cy0, cx1, cy1 = padded(box, second_look, film.shape)
     if cx1 <= cx0 or cy1 <= cy0:  # nothing to look at again
         return box
     return _one_look(locator, film[cy0:cy1, cx0:cx1]) + np.array([cx0, cy0, cx0, cy0])
