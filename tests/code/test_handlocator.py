@@ -9,7 +9,7 @@ import pytest
 
 from boneage.config import PreprocessConfig
 from boneage.data import handlocator
-from boneage.data.handcrop import locate_hand_learned
+from boneage.data.handcrop import Box, locate_hand_learned
 from boneage.data.imaging import DIHEDRAL_VIEWS, dihedral, undo_dihedral
 from boneage.errors import BadInputError, BoneageError
 
@@ -90,12 +90,13 @@ def test_the_second_look_returns_a_box_inside_its_cut_in_the_films_pixels():
     film = np.full((300, 240), 20, np.uint8)
     film[150:290, 140:230] = np.random.default_rng(4).integers(120, 255, (140, 90), dtype=np.uint8)
     locator = handlocator.load("hand-locator-v1")
-    first = handlocator.film_box(locator, film)
     context = 0.1
-    pad = context * max(first[2] - first[0], first[3] - first[1])
-    x0, y0, x1, y1 = handlocator.film_box(locator, film, context)
-    assert first[0] - pad - 1 <= x0 < x1 <= first[2] + pad + 1, (first, (x0, x1))
-    assert first[1] - pad - 1 <= y0 < y1 <= first[3] + pad + 1, (first, (y0, y1))
+    cx0, cy0, cx1, cy1 = handlocator.padded(handlocator.film_box(locator, film), context, film.shape)
+    assert cx0 > 0 and cy0 > 0  # the cut's origin is not the film's, so a lost offset shows
+    in_cut = handlocator.film_box(locator, film[cy0:cy1, cx0:cx1])
+    second = handlocator.film_box(locator, film, context)
+    assert np.allclose(second, in_cut + [cx0, cy0, cx0, cy0]), (second, in_cut, (cx0, cy0))
+    assert cx0 <= second[0] < second[2] <= cx1 and cy0 <= second[1] < second[3] <= cy1
 
 
 def test_a_model_prepared_before_the_second_look_keeps_one_look():
@@ -104,11 +105,5 @@ def test_a_model_prepared_before_the_second_look_keeps_one_look():
     old = PreprocessConfig.model_validate({"crop": "locator", "crop_margin": 0.03, "locator": "hand-locator-v1"})
     assert old.locator_second_look is None
     film = np.random.default_rng(5).integers(0, 256, (250, 180), dtype=np.uint8)
-    locator = handlocator.load(old.locator)
-    h, w = film.shape
-    x0, y0, x1, y1 = locator.locate(handlocator.thumbnail(film)) * np.array([w, h, w, h])
-    margin = old.crop_margin * max(x1 - x0, y1 - y0)
-    box = locate_hand_learned(film, old)
-    assert (box.x0, box.y0, box.x1, box.y1) == (
-        max(0, int(x0 - margin)), max(0, int(y0 - margin)), min(w, int(np.ceil(x1 + margin))), min(h, int(np.ceil(y1 + margin)))
-    )  # fmt: skip
+    one_look = handlocator.film_box(handlocator.load(old.locator), film)
+    assert locate_hand_learned(film, old) == Box(*handlocator.padded(one_look, old.crop_margin, film.shape))
